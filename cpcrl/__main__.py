@@ -1,0 +1,3 @@
+from cpcrl.app import main
+
+main()

@@ -1,0 +1,148 @@
+"""The `cpcrl` command: compose the config with Hydra, check it, then train or evaluate.
+
+Bad input never reaches Hydra's run dir: overrides are composed and validated first (one line on
+stderr, exit status 2), so a typo leaves nothing half written under outputs/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from cpcrl.checkpoint import find_checkpoint
+from cpcrl.config import validate
+from cpcrl.errors import ConfigError
+
+CONFIG_MODULE = "cpcrl.conf"
+HYDRA_FLAGS_WITHOUT_RUN = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+                           "-sc", "--version", "--resolve", "-p", "--package")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"cpcrl: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's composition errors span several lines; keep what is wrong and the valid options."""
+    text = str(exc).split("Config search path")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ and str(exc.__cause__).strip() else ""
+    if cause and lines:
+        lines[0] = f"{lines[0].rstrip('.')}: {cause}."
+    return " ".join(lines).replace("\t", " ")
+
+
+def _rewrite_args(args: list[str]) -> list[str]:
+    """`checkpoint=PATH` is short for checkpoint.path; `resume=PATH` re-runs that run's overrides in its dir."""
+    out = []
+    for a in args:
+        if a.startswith("checkpoint=") and a != "checkpoint=null":
+            a = "checkpoint.path=" + a.split("=", 1)[1]
+        out.append(a)
+    resume = [a.split("=", 1)[1] for a in out if a.startswith("resume=") and a != "resume=null"]
+    if resume:
+        ckpt = find_checkpoint(resume[-1]).resolve()
+        run_dir = ckpt.parent.parent
+        saved_file = run_dir / ".hydra" / "overrides.yaml"
+        if not saved_file.exists():
+            raise ConfigError(f"cannot resume: {saved_file} is missing (resume needs a run dir made by cpcrl)")
+        saved = [o for o in yaml.safe_load(saved_file.read_text()) or []
+                 if not o.startswith(("resume=", "hydra.run.dir="))]
+        out = saved + [a if not a.startswith("resume=") else f"resume={ckpt}" for a in out]
+        out.append(f"hydra.run.dir={run_dir}")
+    mode_eval = "mode=eval" in out
+    paths = [a.split("=", 1)[1] for a in out if a.startswith("checkpoint.path=")]
+    if mode_eval and paths and not any(a.startswith("hydra.run.dir=") for a in out):
+        run_dir = find_checkpoint(paths[-1]).resolve().parent.parent
+        out.append(f"hydra.run.dir={run_dir}/eval/" + "${now:%Y-%m-%d_%H-%M-%S}")
+    return out
+
+
+def _compose_checks(args: list[str]) -> None:
+    """Compose every value of every sweep once, so a bad option or key fails before any run starts."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in args if not a.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base = [o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
+    variants = [base]
+    for o in parsed:
+        if o.is_sweep_override() and not o.is_hydra_override():
+            key = o.get_key_element()
+            others = [p.input_line if not p.is_sweep_override() else f"{p.get_key_element()}={next(p.sweep_string_iterator())}"
+                      for p in parsed if p is not o and not p.is_hydra_override()]
+            variants += [others + [f"{key}={v}"] for v in o.sweep_string_iterator()]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for variant in variants:
+            cfg = compose(config_name="config", overrides=variant)
+            validate(cfg)
+
+
+def _run_name(cfg: DictConfig) -> str:
+    try:
+        name = HydraConfig.get().job.override_dirname
+    except ValueError:
+        name = ""
+    return name or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}"
+
+
+def _discard(run_dir: Path) -> None:
+    """A run that failed on its input leaves no dir behind (a dir with checkpoints is a real run: kept)."""
+    if run_dir.exists() and not (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.parent
+        while parent.name != "outputs" and parent != parent.parent and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+@hydra.main(config_path="pkg://" + CONFIG_MODULE, config_name="config", version_base="1.3")
+def run(cfg: DictConfig) -> float | None:
+    from cpcrl import device as devices
+    from cpcrl.train import TrainingDiverged, evaluate_checkpoint, train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    console = Console(stderr=False)
+    try:
+        validate(cfg)
+        device = devices.make_device(cfg.device)
+        devices.seed_everything(int(cfg.seed))
+        if cfg.mode == "eval":
+            result = evaluate_checkpoint(cfg, run_dir, device, console)
+        else:
+            result = train(cfg, run_dir, device, _run_name(cfg), console)
+    except ConfigError as e:
+        _discard(run_dir)
+        fail(str(e))
+    except TrainingDiverged as e:
+        fail(str(e), code=3)
+    return result.get("eval/return_mean")
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    try:
+        args = _rewrite_args(args)
+        if not any(a.split("=", 1)[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
+            _compose_checks(args)
+    except ConfigError as e:
+        fail(str(e))
+    except Exception as e:  # Hydra/OmegaConf composition and parse errors
+        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
+        fail(_one_line(e))
+    sys.argv = [sys.argv[0], *args]
+    run()
+
+
+if __name__ == "__main__":
+    main()

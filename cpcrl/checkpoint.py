@@ -1,0 +1,66 @@
+"""Checkpoints: one torch file per save, written atomically, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from cpcrl.errors import ConfigError
+
+FORMAT = "cpcrl-checkpoint-1"
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write to a temp file in the same dir, fsync, then rename: a kill mid-write never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint file, or a run dir (its checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.pt"
+        if not candidate.exists():
+            raise ConfigError(f"no checkpoint in {path}: expected {candidate} (give a .pt file or a run dir)")
+        return candidate
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist: give a .pt file or a run dir under outputs/")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = find_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for torn or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a cpcrl checkpoint (expected format {FORMAT})")
+    return payload
+
+
+class Checkpointer:
+    """Periodic `step_<env_step>.pt` files (the newest `keep` kept) and `last.pt`, under run_dir/checkpoints."""
+
+    def __init__(self, run_dir: Path, every: int, keep: int):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.every, self.keep = every, keep
+
+    def save(self, payload: dict, env_step: int, periodic: bool = True) -> Path:
+        last = self.dir / "last.pt"
+        save_checkpoint(last, payload)
+        if periodic and self.keep > 0:
+            save_checkpoint(self.dir / f"step_{env_step:012d}.pt", payload)
+            for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
+                old.unlink()
+        return last

@@ -1,0 +1,49 @@
+"""Checks on a composed config that Hydra cannot make: values, and which parts fit together."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from cpcrl.device import check_device
+from cpcrl.errors import ConfigError
+
+MODES = ("train", "eval")
+
+
+def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        want = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ConfigError(f"{key}={value!r}: must be {want}")
+
+
+def validate(cfg: DictConfig) -> None:
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode!r}: valid are {', '.join(MODES)}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r}: must be a non-negative integer")
+    for key in ("train.total_steps", "train.log_every", "eval.episodes", "eval.num_envs", "env.num_envs"):
+        _positive(cfg, key)
+    for key in ("eval.every", "checkpoint.every", "checkpoint.keep"):
+        _positive(cfg, key, allow_zero=True)
+    if "scramble_depth" in cfg.env:
+        _positive(cfg, "env.scramble_depth", allow_zero=True)
+        _positive(cfg, "env.max_steps")
+    for d in cfg.eval.depths:
+        if not isinstance(d, int) or d < 0:
+            raise ConfigError(f"eval.depths={list(cfg.eval.depths)}: must be non-negative integers")
+    check_device(cfg.device)
+    if cfg.mode == "eval" and not cfg.checkpoint.path:
+        raise ConfigError("mode=eval needs a checkpoint: add checkpoint=<path to .pt or run dir>")
+    if cfg.mode == "train":
+        try:
+            cls = hydra.utils.get_class(cfg.agent._target_)
+        except Exception as e:
+            raise ConfigError(f"agent._target_={cfg.agent._target_!r} cannot be imported: {e}") from None
+        if cfg.world_model.name not in cls.world_models:
+            raise ConfigError(f"agent={cfg.agent.name} does not fit world_model={cfg.world_model.name}: "
+                              f"valid are {', '.join(cls.world_models)}")

@@ -1,0 +1,71 @@
+"""The `device` config group: where tensors live and how torch is set up."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from cpcrl.errors import ConfigError
+
+
+def check_device(cfg) -> None:
+    kind = cfg.type
+    if kind not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={kind!r} is not a device: valid are auto, cpu, cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible to torch (torch "
+                          f"{torch.__version__}); use device=cpu or device=auto, or install a CUDA build "
+                          "with `make TORCH=\"torch==<ver> --index-url https://download.pytorch.org/whl/cu128\" install`")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"device.precision={cfg.precision!r}: valid are fp32, bf16")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads <= 0):
+        raise ConfigError(f"device.threads={cfg.threads!r}: must be a positive integer or null")
+
+
+def make_device(cfg) -> torch.device:
+    check_device(cfg)
+    kind = cfg.type
+    device = torch.device("cuda" if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()) else "cpu")
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast where asked for; a no-op context otherwise, so call sites stay one line."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,49 @@
+"""Config -> vector env. Every env returned here follows one contract:
+
+* `reset(seed) -> obs, info`, `step(actions) -> obs, reward, terminated, truncated, info`, batched numpy;
+* same-step autoreset: a finished env's returned obs already starts its next episode, and
+  `info["final_obs"]` (dense, [N, ...]) holds the last obs of the finished one, for bootstrapping;
+* continuous actions live in [-1, 1] (rescaled here), so agents never see env-specific bounds;
+* optional `info["action_mask"]` (bool [N, A]) and `info["solved"]` (bool [N]).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode
+
+from cpcrl.envs.cube2x2 import Cube2x2VectorEnv
+from cpcrl.envs.wrappers import DenseFinalObs, ObserveIndices
+
+
+def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
+                  curriculum: dict | None = None, name: str = "cube2x2") -> Cube2x2VectorEnv:
+    curriculum = dict(curriculum) if curriculum else None
+    if curriculum is not None and not curriculum.get("enabled", False):
+        curriculum = None
+    return Cube2x2VectorEnv(num_envs=num_envs, scramble_depth=scramble_depth, max_steps=max_steps,
+                            solve_bonus=solve_bonus, curriculum=curriculum)
+
+
+def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=None,
+                 max_episode_steps: int | None = None, kwargs: dict | None = None,
+                 name: str | None = None) -> gym.vector.VectorEnv:
+    if num_envs <= 0:
+        raise ValueError(f"env.num_envs must be a positive integer, got {num_envs}")
+    if vectorization not in ("sync", "async"):
+        raise ValueError(f"env.vectorization must be sync or async, got {vectorization!r}")
+    if id not in gym.registry:
+        raise ValueError(f"unknown gymnasium id {id!r}; see `python -c 'import gymnasium; gymnasium.pprint_registry()'`")
+    wrappers = []
+    if observe is not None:
+        wrappers.append(lambda e: ObserveIndices(e, list(observe)))
+    probe = gym.make(id, **(kwargs or {}))
+    if isinstance(probe.action_space, gym.spaces.Box):
+        wrappers += [lambda e: gym.wrappers.RescaleAction(e, -1.0, 1.0), gym.wrappers.ClipAction]
+    elif not isinstance(probe.action_space, gym.spaces.Discrete):
+        raise ValueError(f"{id} has action space {probe.action_space}: only Discrete and Box are supported")
+    probe.close()
+    envs = gym.make_vec(id, num_envs=num_envs, vectorization_mode=vectorization, wrappers=wrappers,
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+                        max_episode_steps=max_episode_steps, **(kwargs or {}))
+    return DenseFinalObs(envs)

@@ -1,0 +1,43 @@
+"""Small wrappers that give every env the same contract (see docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import VectorWrapper
+
+
+class ObserveIndices(gym.ObservationWrapper):
+    """Keep only some entries of a vector observation: the POMDP versions (e.g. CartPole without velocities)."""
+
+    def __init__(self, env: gym.Env, indices):
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"env.observe needs a flat Box observation, {env.spec.id if env.spec else env} has {space}")
+        bad = [i for i in indices if not 0 <= i < space.shape[0]]
+        if bad:
+            raise ValueError(f"env.observe indices {bad} out of range: valid are 0..{space.shape[0] - 1}")
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.observation_space = gym.spaces.Box(space.low[self.indices], space.high[self.indices], dtype=space.dtype)
+
+    def observation(self, obs):
+        return obs[self.indices]
+
+
+class DenseFinalObs(VectorWrapper):
+    """Same-step autoreset with `info["final_obs"]` as one dense array.
+
+    gymnasium stores final observations as an object array with None for running envs; bootstrapping
+    on truncation wants a plain [N, ...] array, so running envs get their current observation there.
+    """
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        final = np.array(obs, copy=True)
+        done = np.logical_or(terminated, truncated)
+        if "final_obs" in info:
+            for i in np.flatnonzero(info["_final_obs"]):
+                final[i] = info["final_obs"][i]
+        info["final_obs"], info["_final_obs"] = final, done
+        return obs, reward.astype(np.float32), terminated, truncated, info

@@ -1,0 +1,30 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# W&B never asks for a login and never writes outside the test's own dirs.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+
+@pytest.fixture(autouse=True)
+def _wandb_dirs(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.getbasetemp() / "wandb_home"
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(base / var.lower()))
+
+
+def cpcrl(*args: str, cwd: Path, timeout: float = 300, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (what a user types), from `cwd` so outputs/ lands there."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "cpcrl", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cpcrl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
