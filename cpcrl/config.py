@@ -37,6 +37,9 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(d, int) or d < 0:
             raise ConfigError(f"eval.depths={list(cfg.eval.depths)}: must be non-negative integers")
     check_device(cfg.device)
+    k = cfg.eval.get("reset_hidden_every")
+    if k is not None and (not isinstance(k, int) or k <= 0):
+        raise ConfigError(f"eval.reset_hidden_every={k!r}: must be a positive integer or null")
     if cfg.mode == "eval" and not cfg.checkpoint.path:
         raise ConfigError("mode=eval needs a checkpoint: add checkpoint=<path to .pt or run dir>")
     if cfg.mode == "train":

@@ -52,6 +52,10 @@ def build_agent(cfg: DictConfig, envs, device: torch.device):
 def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) -> dict[str, float]:
     """The eval metrics; for the cube also the solve rate per scramble depth."""
     metrics = evaluate(agent, eval_envs, episodes, greedy=cfg.eval.greedy)
+    if cfg.eval.get("reset_hidden_every"):
+        k = int(cfg.eval.reset_hidden_every)
+        metrics.update(evaluate(agent, eval_envs, episodes, cfg.eval.greedy, prefix=f"eval_reset{k}/",
+                                reset_hidden_every=k))
     if depths and hasattr(eval_envs, "set_scramble_depth"):
         base_depth = eval_envs.scramble_depth
         for d in depths:
