@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cpcrl.errors import ConfigError
@@ -64,3 +65,26 @@ class Checkpointer:
             for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
                 old.unlink()
         return last
+
+
+def numpy_to_torch(tree):
+    """numpy values inside plain containers -> tensors and Python scalars, so weights_only loading accepts them."""
+    if isinstance(tree, dict):
+        return {k: numpy_to_torch(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(numpy_to_torch(v) for v in tree)
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(tree))
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def torch_to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: torch_to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(torch_to_numpy(v) for v in tree)
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    return tree

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from cpcrl import device as devices
-from cpcrl.checkpoint import Checkpointer, load_checkpoint
+from cpcrl.checkpoint import Checkpointer, load_checkpoint, numpy_to_torch, torch_to_numpy
 from cpcrl.collector import Collector, evaluate
 from cpcrl.errors import ConfigError
 from cpcrl.logging import Logger
@@ -49,6 +49,16 @@ def build_agent(cfg: DictConfig, envs, device: torch.device):
         raise ConfigError(f"agent={cfg.agent.name}: {e}") from None
 
 
+def load_agent_state(agent, payload: dict, source) -> None:
+    if payload.get("agent_name") != agent.name:
+        raise ConfigError(f"checkpoint {source} holds agent={payload.get('agent_name')}, not agent={agent.name}")
+    try:
+        agent.load_checkpoint_state(payload["agent"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise ConfigError(f"checkpoint {source} does not fit agent={agent.name} as configured: {first}") from None
+
+
 def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) -> dict[str, float]:
     """The eval metrics; for the cube also the solve rate per scramble depth."""
     metrics = evaluate(agent, eval_envs, episodes, greedy=cfg.eval.greedy)
@@ -57,7 +67,7 @@ def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) ->
         metrics.update(evaluate(agent, eval_envs, episodes, cfg.eval.greedy, prefix=f"eval_reset{k}/",
                                 reset_hidden_every=k))
     if depths and hasattr(eval_envs, "set_scramble_depth"):
-        base_depth = eval_envs.scramble_depth
+        base_depth = eval_envs.curriculum_depth
         for d in depths:
             eval_envs.set_scramble_depth(int(d))
             metrics[f"eval/solve_rate_d{int(d)}"] = evaluate(agent, eval_envs, episodes, cfg.eval.greedy)["eval/solve_rate"]
@@ -68,8 +78,7 @@ def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) ->
 def sync_eval_depth(train_envs, eval_envs) -> None:
     """Evaluate the cube at the depth the curriculum has reached, not at its start."""
     if hasattr(eval_envs, "set_scramble_depth"):
-        depth = getattr(train_envs, "curriculum_depth", None) or train_envs.scramble_depth
-        eval_envs.set_scramble_depth(int(round(depth)))
+        eval_envs.set_scramble_depth(int(train_envs.curriculum_depth))
 
 
 def check_finite(metrics: dict, env_step: int) -> None:
@@ -115,12 +124,12 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, run_name: str, c
     resume_step, wandb_id, counters = None, None, {"iteration": 0, "episodes": 0}
     if cfg.resume:
         payload = load_checkpoint(cfg.resume)
-        agent.load_checkpoint_state(payload["agent"])
+        load_agent_state(agent, payload, cfg.resume)
         counters, wandb_id = payload["counters"], payload.get("wandb_id")
         resume_step = counters["env_step"]
         devices.set_rng_state(payload["rng"])
         if "env" in payload and hasattr(envs, "set_state"):
-            envs.set_state(payload["env"])
+            envs.set_state(torch_to_numpy(payload["env"]))
         console.print(f"resumed from env step {resume_step:,} ({cfg.resume})")
     # Envs restart episodes on resume; their seed follows the step so a resumed run is repeatable.
     collector = Collector(envs, device, seed=int(cfg.seed) + (resume_step or 0))
@@ -134,7 +143,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, run_name: str, c
                "agent_name": agent.name, "config": OmegaConf.to_yaml(cfg, resolve=True),
                "counters": {"env_step": collector.env_step, "episodes": collector.episodes, "iteration": iteration}}
         if hasattr(envs, "get_state"):
-            out["env"] = envs.get_state()
+            out["env"] = numpy_to_torch(envs.get_state())
         return out
 
     every = lambda n: int(n) if int(n) > 0 else total + 1  # noqa: E731
@@ -163,7 +172,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, run_name: str, c
                     row = {k: float(np.mean(v)) for k, v in pending.items()}
                     row.update(collector.episode_metrics())
                     row.update({"perf/sps": sps, "train/iteration": iteration})
-                    if hasattr(envs, "curriculum_depth") and envs.curriculum_depth is not None:
+                    if getattr(envs, "curriculum", None) is not None:
                         row["train/curriculum_depth"] = float(envs.curriculum_depth)
                     logger.log(row, step)
                     pending.clear()
@@ -213,15 +222,11 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, co
     run_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device})
     envs = make_env(run_cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
     agent = build_agent(run_cfg, envs, device)
-    try:
-        agent.load_checkpoint_state(payload["agent"])
-    except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"checkpoint {cfg.checkpoint.path} does not fit agent={run_cfg.agent.name}: {first}") from None
+    load_agent_state(agent, payload, cfg.checkpoint.path)
     envs.reset(seed=int(cfg.seed) + 1_000_003)
-    if hasattr(envs, "set_scramble_depth"):
-        depth = payload.get("env", {}).get("curriculum_depth") or run_cfg.env.scramble_depth
-        envs.set_scramble_depth(int(round(depth)))
+    if "env" in payload and hasattr(envs, "set_state"):
+        envs.set_state(torch_to_numpy(payload["env"]))  # the depth the run had reached
+        sync_eval_depth(envs, envs)
     depths = list(cfg.eval.depths) or (list(range(1, 15)) if hasattr(envs, "set_scramble_depth") else [])
     result = evaluate_all(run_cfg, agent, envs, int(cfg.eval.episodes), depths=depths)
     result = {"checkpoint": str(cfg.checkpoint.path), "env_step": payload["counters"]["env_step"], **result}

@@ -13,7 +13,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from cpcrl.envs.cube2x2 import Cube2x2VectorEnv
-from cpcrl.envs.wrappers import DenseFinalObs, ObserveIndices
+from cpcrl.envs.wrappers import DenseFinalObs, ObserveIndices, UnitActions
 
 
 def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
@@ -39,7 +39,7 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
         wrappers.append(lambda e: ObserveIndices(e, list(observe)))
     probe = gym.make(id, **(kwargs or {}))
     if isinstance(probe.action_space, gym.spaces.Box):
-        wrappers += [lambda e: gym.wrappers.RescaleAction(e, -1.0, 1.0), gym.wrappers.ClipAction]
+        wrappers.append(UnitActions)
     elif not isinstance(probe.action_space, gym.spaces.Discrete):
         raise ValueError(f"{id} has action space {probe.action_space}: only Discrete and Box are supported")
     probe.close()

@@ -41,3 +41,20 @@ class DenseFinalObs(VectorWrapper):
                 final[i] = info["final_obs"][i]
         info["final_obs"], info["_final_obs"] = final, done
         return obs, reward.astype(np.float32), terminated, truncated, info
+
+
+class UnitActions(gym.ActionWrapper):
+    """Agents act in [-1, 1]^d; this clips and maps to the env's own bounds (gymnasium's ClipAction
+    widens the space to +-inf, which would hide the bounds from the agent)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.action_space
+        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise ValueError(f"continuous actions need finite bounds, {env.spec.id if env.spec else env} has {space}")
+        self.low, self.high = space.low.astype(np.float32), space.high.astype(np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
+
+    def action(self, action):
+        unit = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        return self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
