@@ -6,6 +6,7 @@ stderr, exit status 2), so a typo leaves nothing half written under outputs/.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
 from cpcrl.checkpoint import find_checkpoint
@@ -35,6 +37,8 @@ def _one_line(exc: BaseException) -> str:
     """Hydra's composition errors span several lines; keep what is wrong and the valid options."""
     text = str(exc).split("Config search path")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    if "Could not find 'hydra/" in text:
+        lines.append("(launcher and sweeper plugins come with: pip install 'cpcrl[sweep]' or 'cpcrl[ray]')")
     cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ and str(exc.__cause__).strip() else ""
     if cause and lines:
         lines[0] = f"{lines[0].rstrip('.')}: {cause}."
@@ -67,12 +71,29 @@ def _rewrite_args(args: list[str]) -> list[str]:
     return out
 
 
+PLUGIN_EXTRAS = {"hydra_plugins.hydra_joblib_launcher": ("hydra-joblib-launcher", "sweep"),
+                 "hydra_plugins.hydra_submitit_launcher": ("hydra-submitit-launcher", "sweep"),
+                 "hydra_plugins.hydra_optuna_sweeper": ("hydra-optuna-sweeper", "sweep"),
+                 "hydra_plugins.hydra_ray_launcher": ("hydra-ray-launcher", "ray")}
+
+
+def _check_plugins(hydra_cfg) -> None:
+    """A launcher or sweeper whose plugin is missing fails at launch with a trace; say which extra to install."""
+    for role in ("launcher", "sweeper"):
+        target = str(hydra_cfg[role].get("_target_", ""))
+        for module, (package, extra) in PLUGIN_EXTRAS.items():
+            if target.startswith(module) and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"hydra/{role} needs the {package} plugin, which is not installed: "
+                                  f"pip install 'cpcrl[{extra}]'")
+
+
 def _compose_checks(args: list[str]) -> None:
     """Compose every value of every sweep once, so a bad option or key fails before any run starts."""
     from hydra import compose, initialize_config_module
 
     overrides = [a for a in args if not a.startswith("-")]
     parsed = OverridesParser.create().parse_overrides(overrides)
+    hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and "/" in o.get_key_element()]
     base = [o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
     variants = [base]
     for o in parsed:
@@ -82,17 +103,22 @@ def _compose_checks(args: list[str]) -> None:
                       for p in parsed if p is not o and not p.is_hydra_override()]
             variants += [others + [f"{key}={v}"] for v in o.sweep_string_iterator()]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        _check_plugins(compose(config_name="config", overrides=base + hydra_args, return_hydra_config=True).hydra)
         for variant in variants:
             cfg = compose(config_name="config", overrides=variant)
             validate(cfg)
 
 
-def _run_name(cfg: DictConfig) -> str:
-    try:
-        name = HydraConfig.get().job.override_dirname
-    except ValueError:
-        name = ""
-    return name or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}"
+def _name_the_run(cfg: DictConfig) -> None:
+    """W&B names: the run after its overrides, the group after the sweep (multirun) or the experiment."""
+    if cfg.logger.name != "wandb":
+        return
+    hc = HydraConfig.get()
+    with open_dict(cfg):
+        cfg.logger.run_name = cfg.logger.run_name or hc.job.override_dirname or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}"
+        if not cfg.logger.group:
+            multirun = hc.mode == RunMode.MULTIRUN
+            cfg.logger.group = Path(hc.sweep.dir).name if multirun else cfg.experiment_name
 
 
 def _discard(run_dir: Path) -> None:
@@ -119,7 +145,8 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.mode == "eval":
             result = evaluate_checkpoint(cfg, run_dir, device, console)
         else:
-            result = train(cfg, run_dir, device, _run_name(cfg), console)
+            _name_the_run(cfg)
+            result = train(cfg, run_dir, device, console)
     except ConfigError as e:
         _discard(run_dir)
         fail(str(e))

@@ -59,8 +59,8 @@ def _clean(value):
 
 
 class Logger:
-    def __init__(self, cfg, run_dir: Path, agent_name: str, run_name: str,
-                 resume_step: int | None = None, wandb_id: str | None = None):
+    def __init__(self, cfg, run_dir: Path, agent_name: str, resume_step: int | None = None,
+                 wandb_id: str | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
@@ -69,16 +69,16 @@ class Logger:
         self.start = time.time()
         self.wandb = None
         if cfg.logger.name == "wandb":
-            self.wandb = self._init_wandb(cfg, agent_name, run_name, wandb_id)
+            self.wandb = self._init_wandb(cfg, agent_name, wandb_id)
 
-    def _init_wandb(self, cfg, agent_name, run_name, wandb_id):
+    def _init_wandb(self, cfg, agent_name, wandb_id):
         import wandb
 
         lcfg = cfg.logger
         mode = wandb_mode(lcfg.mode)
         run = wandb.init(
-            project=lcfg.project, entity=lcfg.entity, group=str(lcfg.group),
-            job_type=lcfg.job_type or agent_name, tags=list(lcfg.tags), name=lcfg.run_name or run_name,
+            project=lcfg.project, entity=lcfg.entity, group=lcfg.group or cfg.experiment_name,
+            job_type=lcfg.job_type or agent_name, tags=list(lcfg.tags), name=lcfg.run_name,
             config=OmegaConf.to_container(cfg, resolve=True), dir=str(self.run_dir), mode=mode,
             id=wandb_id, resume="allow" if wandb_id else None,
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),

@@ -114,7 +114,7 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def train(cfg: DictConfig, run_dir: Path, device: torch.device, run_name: str, console: Console) -> dict:
+def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
     total = int(cfg.train.total_steps)
     envs = make_env(cfg.env)
     eval_envs = make_env(cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
@@ -136,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, run_name: str, c
     collector.env_step, collector.episodes = counters.get("env_step", 0), counters["episodes"]
     eval_envs.reset(seed=int(cfg.seed) + 1_000_003)
 
-    logger = Logger(cfg, run_dir, agent.name, run_name, resume_step=resume_step, wandb_id=wandb_id)
+    logger = Logger(cfg, run_dir, agent.name, resume_step=resume_step, wandb_id=wandb_id)
 
     def payload_now() -> dict:
         out = {"agent": agent.checkpoint_state(), "rng": devices.rng_state(), "wandb_id": logger.wandb_id,

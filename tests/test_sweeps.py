@@ -1,0 +1,85 @@
+"""Real Hydra multiruns through the launcher plugins, an Optuna search, and cpcrl-report on a real sweep."""
+
+import csv
+import importlib.util
+import json
+
+import matplotlib.image
+import pytest
+import yaml
+
+from cpcrl.report import bootstrap_ci, main as report_main
+from cpcrl.wandb_file import read_run
+from tests.conftest import cpcrl
+
+TINY = ["agent=reinforce", "env=cube2x2", "device=cpu", "train.total_steps=2048", "train.log_every=512",
+        "eval.every=1024", "eval.episodes=8", "eval.num_envs=8", "checkpoint.every=0", "env.num_envs=16"]
+
+
+def sweep_dirs(cwd):
+    return sorted(p.parent for p in (cwd / "outputs" / "multirun").rglob("summary.json"))
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_two_job_multirun_with_launcher(tmp_path, launcher):
+    cpcrl("-m", f"hydra/launcher={launcher}", *TINY, "logger=wandb", "seed=0,1", cwd=tmp_path, timeout=400)
+    runs = sweep_dirs(tmp_path)
+    assert len(runs) == 2
+    sweep_name = runs[0].parent.name
+    groups = {read_run(r)["run"]["group"] for r in runs}
+    assert groups == {sweep_name}  # the dashboard compares a sweep's runs side by side
+    assert all(json.loads((r / "summary.json").read_text())["env_step"] >= 2048 for r in runs)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+                    reason="hydra-ray-launcher not installed (pip install 'cpcrl[ray]')")
+def test_two_job_multirun_with_local_ray(tmp_path):
+    cpcrl("-m", "hydra/launcher=ray", *TINY, "logger=none", "seed=0,1", cwd=tmp_path, timeout=400)
+    assert len(sweep_dirs(tmp_path)) == 2
+
+
+def test_optuna_search_four_trials_in_sqlite(tmp_path):
+    cpcrl("hparams_search=reinforce_cube", *TINY, "logger=none", "hydra.sweeper.n_trials=4",
+          "hydra.sweeper.storage=sqlite:///study.db", cwd=tmp_path, timeout=400)
+    runs = sweep_dirs(tmp_path)
+    assert len(runs) == 4
+    lrs = {yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["agent"]["lr"] for r in runs}
+    assert len(lrs) == 4  # the sampler proposed a different learning rate per trial
+    best = yaml.safe_load(next((tmp_path / "outputs" / "multirun").rglob("optimization_results.yaml")).read_text())
+    finals = [json.loads((r / "summary.json").read_text())["eval/return_mean"] for r in runs]
+    assert best["best_value"] == pytest.approx(max(finals))  # the objective is the run's final eval return
+    assert (tmp_path / "study.db").stat().st_size > 0
+
+
+def test_report_on_a_real_sweep(tmp_path):
+    cpcrl("-m", *TINY, "logger=none", "agent.lr=0.001,0.01", "seed=0,1", cwd=tmp_path, timeout=400)
+    sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert report_main([str(sweep), "--threshold", "-100"]) == 0
+    rows = list(csv.DictReader(open(sweep / "report.csv")))
+    assert sorted(r["config"] for r in rows) == ["agent.lr=0.001", "agent.lr=0.01"]
+    assert all(r["seeds"] == "2" for r in rows)
+    finals = [json.loads((d / "summary.json").read_text())["eval/return_mean"] for d in sweep_dirs(tmp_path)
+              if "agent.lr=0.01," in d.name]
+    row = next(r for r in rows if r["config"] == "agent.lr=0.01")
+    assert float(row["mean"]) == pytest.approx(sum(finals) / 2)
+    assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+    image = matplotlib.image.imread(sweep / "curves.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert "agent.lr=0.001" in (sweep / "report.md").read_text()
+
+
+def test_bootstrap_ci_by_hand():
+    assert bootstrap_ci([2.0]) == (2.0, 2.0, 2.0)
+    mean, lo, hi = bootstrap_ci([0.0, 10.0])
+    assert mean == 5.0 and lo == 0.0 and hi == 10.0  # resamples of two seeds span both extremes
+
+
+def test_sweep_bad_input_is_one_line(tmp_path):
+    proc = cpcrl("-m", *TINY, "train.nope=1,2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Key 'nope' is not in struct" in proc.stderr
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        proc = cpcrl("-m", "hydra/launcher=ray", *TINY, "seed=0,1", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "pip install 'cpcrl[ray]'" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+    (tmp_path / "empty").mkdir()
+    assert report_main([str(tmp_path / "empty")]) == 2
