@@ -156,6 +156,8 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
     for cfg in ("cpcrl/conf/config.yaml", "cpcrl/conf/agent/reinforce.yaml", "cpcrl/conf/env/cube2x2.yaml",
                 "cpcrl/conf/hydra/help/cpcrl.yaml"):
         assert cfg in names
+    for init in (ROOT / "cpcrl").rglob("__init__.py"):  # every subpackage ships
+        assert str(init.relative_to(ROOT)) in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
