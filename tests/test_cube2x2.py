@@ -1,0 +1,504 @@
+"""Behaviour of the 2x2 cube: group structure of the moves, hand-checked stickers, env semantics."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import cpcrl.envs  # noqa: F401  (registers cpcrl/Cube2x2-v0)
+from cpcrl.envs.cube2x2 import (
+    INVERSE_MOVE,
+    MOVE_NAMES,
+    MOVE_PERMS,
+    SOLVED,
+    Cube2x2Env,
+    Cube2x2VectorEnv,
+    apply_moves,
+    encode_obs,
+    is_solved,
+    scramble,
+)
+
+M = {name: i for i, name in enumerate(MOVE_NAMES)}
+U, D, L, R, F, B = range(6)  # face (and solved colour) ids
+
+
+def run(state, *names):
+    """Apply named moves to one state."""
+    for name in names:
+        state = apply_moves(state[None], [M[name]])[0]
+    return state
+
+
+def face(state, f):
+    return state[4 * f : 4 * f + 4]
+
+
+@pytest.fixture
+def random_state():
+    return scramble(np.random.default_rng(0), [20])[0]
+
+
+# ----------------------------------------------------------------------------------------- move group
+
+
+def test_moves_are_permutations_and_inverse_table():
+    assert MOVE_PERMS.shape == (12, 24)
+    for p in MOVE_PERMS:
+        assert sorted(p) == list(range(24))
+    assert [MOVE_NAMES[INVERSE_MOVE[i]] for i in range(12)] == [
+        "U-", "U+", "D-", "D+", "L-", "L+", "R-", "R+", "F-", "F+", "B-", "B+"
+    ]
+
+
+@pytest.mark.parametrize("a", range(12))
+def test_order_four_and_inverse(a, random_state):
+    s = random_state
+    assert not np.array_equal(run(s, MOVE_NAMES[a]), s)
+    assert np.array_equal(run(s, *[MOVE_NAMES[a]] * 4), s)
+    assert np.array_equal(run(s, MOVE_NAMES[a], MOVE_NAMES[INVERSE_MOVE[a]]), s)
+
+
+@pytest.mark.parametrize("x,y", [("U", "D"), ("L", "R"), ("F", "B")])
+def test_opposite_faces_commute(x, y, random_state):
+    for sx in "+-":
+        for sy in "+-":
+            assert np.array_equal(run(random_state, x + sx, y + sy), run(random_state, y + sy, x + sx))
+
+
+@pytest.mark.parametrize("x,y", [(x, y) for x in "UDLRFB" for y in "UDLRFB" if x < y and {x, y} not in
+                                 ({"U", "D"}, {"L", "R"}, {"F", "B"})])
+def test_adjacent_faces_do_not_commute(x, y):
+    assert not np.array_equal(run(SOLVED, x + "+", y + "+"), run(SOLVED, y + "+", x + "+"))
+
+
+@pytest.mark.parametrize("a", range(12))
+def test_quarter_turn_moves_twelve_stickers(a, random_state):
+    moved = np.flatnonzero(MOVE_PERMS[a] != np.arange(24))
+    assert len(moved) == 12
+    turned = a // 2
+    opposite = turned ^ 1  # U/D, L/R, F/B are face pairs (0,1), (2,3), (4,5)
+    per_face = np.bincount(moved // 4, minlength=6)
+    assert per_face[turned] == 4 and per_face[opposite] == 0
+    assert sorted(per_face[[f for f in range(6) if f not in (turned, opposite)]]) == [2, 2, 2, 2]
+    after = apply_moves(random_state[None], [a])[0]
+    assert sorted(after) == sorted(random_state)  # colour multiset kept
+
+
+def test_bfs_quarter_turn_distribution():
+    # Pocket cube, quarter-turn metric, generators U, R, F (the DLB corner stays put, so distinct sticker
+    # states = distinct positions). Published counts: 1, 6, 27, 120, 534, 2256, 8969, ...
+    gens = MOVE_PERMS[[M[n] for n in ("U+", "U-", "R+", "R-", "F+", "F-")]]
+    seen = {SOLVED.tobytes()}
+    frontier = SOLVED[None]
+    counts = [1]
+    for _ in range(5):
+        nxt = frontier[:, gens].reshape(-1, 24)  # every state x every generator
+        uniq = np.unique(nxt, axis=0)
+        fresh = np.array([s for s in uniq if s.tobytes() not in seen])
+        seen.update(s.tobytes() for s in fresh)
+        counts.append(len(fresh))
+        frontier = fresh
+    assert counts == [1, 6, 27, 120, 534, 2256]
+
+
+def test_u_plus_by_hand():
+    # Looking down on U, clockwise carries the front layer to the left: the F face's top row goes to L,
+    # so after U+ the F face's top row shows what was on R (and L shows F, B shows L, R shows B).
+    # Within a face stickers are 0 1 / 2 3 as seen from outside with U up, so the top row is 0, 1.
+    s = run(SOLVED, "U+")
+    assert list(face(s, F)) == [R, R, F, F]
+    assert list(face(s, L)) == [F, F, L, L]
+    assert list(face(s, B)) == [L, L, B, B]
+    assert list(face(s, R)) == [B, B, R, R]
+    assert list(face(s, U)) == [U] * 4 and list(face(s, D)) == [D] * 4
+    # A marked U sticker: clockwise seen from above moves the U face's bottom-left (2) to its top-left (0).
+    marked = SOLVED.copy()
+    marked[4 * U + 2] = 9
+    assert run(marked, "U+")[4 * U + 0] == 9
+
+
+def test_r_plus_by_hand():
+    # Looking at R from the right, clockwise carries its front layer upwards: F's right column goes to U.
+    s = run(SOLVED, "R+")
+    assert list(face(s, U)) == [U, F, U, F]
+    assert list(face(s, F)) == [F, D, F, D]
+    # B is seen from behind, so the R-side column of B is its left column (0, 2); it receives U.
+    assert list(face(s, B)) == [U, B, U, B]
+
+
+# ------------------------------------------------------------------------------------------ is_solved
+
+
+def test_is_solved():
+    assert is_solved(SOLVED[None]).tolist() == [True]
+    singles = apply_moves(np.repeat(SOLVED[None], 12, 0), np.arange(12))
+    assert not is_solved(singles).any()
+    # U+ and D- both turn clockwise as seen from above, so together they rotate the whole cube.
+    assert is_solved(run(SOLVED, "U+", "D-")[None])[0]
+    assert is_solved(run(SOLVED, "R+", "L-")[None])[0]
+    assert is_solved(run(SOLVED, "F+", "B-")[None])[0]
+    assert not is_solved(run(SOLVED, "U+", "D+")[None])[0]
+
+
+# ---------------------------------------------------------------------------------------- observation
+
+
+def test_encode_obs():
+    obs = encode_obs(SOLVED[None], np.array([[-1, -1, -1, -1]]))
+    assert obs.shape == (1, 192) and obs.dtype == np.float32
+    assert obs[0, :144].sum() == 24 and obs[0, 144:].sum() == 0
+    assert obs[0, 6 * 5 + D] == 1 and obs[0, 6 * 23 + B] == 1  # stickers 4..7 are D's, 20..23 B's
+    obs = encode_obs(SOLVED[None], np.array([[3, 11, -1, -1]]))
+    assert np.flatnonzero(obs[0, 144:]).tolist() == [3, 12 + 11]
+
+
+def test_single_env_history_shift():
+    env = Cube2x2Env()
+    obs, info = env.reset(seed=0, options={"state": run(SOLVED, "U+", "R+", "F+", "L+", "B+")})
+    assert obs[144:].sum() == 0
+    for t, a in enumerate([M["B-"], M["L-"], M["F-"]]):
+        obs, *_ = env.step(a)
+        assert obs[:144].sum() == 24
+    hist = obs[144:].reshape(4, 12)
+    assert hist.sum(1).tolist() == [1, 1, 1, 0]
+    assert hist.argmax(1)[:3].tolist() == [M["F-"], M["L-"], M["B-"]]  # most recent first
+    assert np.array_equal(obs, encode_obs(env.state[None], [[M["F-"], M["L-"], M["B-"], -1]])[0])
+
+
+# ------------------------------------------------------------------------------------------- scramble
+
+
+def test_scramble_never_solved_never_undoes():
+    rng = np.random.default_rng(1)
+    depths = np.tile(np.arange(15), 400)
+    states, moves = scramble(rng, depths, return_moves=True)
+    assert moves.shape == (len(depths), 14)
+    assert np.array_equal(states[depths == 0], np.repeat(SOLVED[None], 400, 0))
+    assert not is_solved(states[depths > 0]).any()
+    for i in range(len(depths)):
+        seq = moves[i, : depths[i]]
+        assert (moves[i, depths[i] :] == -1).all() and (seq >= 0).all()
+        assert not (seq[1:] == INVERSE_MOVE[seq[:-1]]).any()
+    # Replaying the returned moves gives the returned states.
+    replay = np.repeat(SOLVED[None], len(depths), 0)
+    for t in range(14):
+        live = moves[:, t] >= 0
+        replay[live] = apply_moves(replay[live], moves[live, t])
+    assert np.array_equal(replay, states)
+
+
+def test_scramble_redraws_rotations():
+    # At depth 2, 1 in 11 raw sequences (e.g. U+ D-) is a whole-cube rotation; none may come back.
+    states = scramble(np.random.default_rng(2), np.full(5000, 2))
+    assert not is_solved(states).any()
+    env = Cube2x2VectorEnv(num_envs=256, scramble_depth=2)
+    _, info = env.reset(seed=3)
+    assert not is_solved(env.states).any() and (info["scramble_depth"] == 2).all()
+
+
+def test_scramble_seeded():
+    a = scramble(np.random.default_rng(5), np.full(10, 7))
+    b = scramble(np.random.default_rng(5), np.full(10, 7))
+    assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------- single env
+
+
+def test_single_env_episode():
+    env = Cube2x2Env(max_steps=3, solve_bonus=10.0)
+    obs, info = env.reset(seed=0, options={"state": run(SOLVED, "U+")})
+    assert obs.shape == (192,) and obs.dtype == np.float32 and info == {"solved": False, "scramble_depth": -1}
+    obs, reward, term, trunc, info = env.step(M["R+"])
+    assert (reward, term, trunc, info["solved"]) == (-1.0, False, False, False)
+    obs, reward, term, trunc, info = env.step(M["R-"])
+    assert (reward, term, trunc) == (-1.0, False, False)
+    obs, reward, term, trunc, info = env.step(M["D-"])  # U+ then D- after R+R- = rotation: solved
+    assert (reward, term, trunc, info["solved"]) == (9.0, True, False, True)
+    env.reset(options={"state": run(SOLVED, "U+")})
+    for _ in range(3):
+        _, reward, term, trunc, _ = env.step(M["F+"])
+    assert (reward, term, trunc) == (-1.0, False, True)
+
+
+def test_single_env_reset_depth_and_seed():
+    env = Cube2x2Env(scramble_depth=5)
+    o1, i1 = env.reset(seed=42)
+    o2, i2 = env.reset(seed=42)
+    assert np.array_equal(o1, o2) and i1["scramble_depth"] == 5
+    _, info = env.reset(options={"scramble_depth": 9})
+    assert info["scramble_depth"] == 9 and not is_solved(env.state[None])[0]
+
+
+def test_check_env_and_make():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # Through make so the env has a spec: without one the checker warns it cannot try other render modes.
+        check_env(gym.make("cpcrl/Cube2x2-v0").unwrapped)
+        check_env(gym.make("cpcrl/Cube2x2-v0", render_mode="ansi").unwrapped)
+        check_env(gym.make("cpcrl/Cube2x2-v0", curriculum={"window": 5}).unwrapped)
+        env = gym.make("cpcrl/Cube2x2-v0", scramble_depth=3)
+        obs, _ = env.reset(seed=0)
+        assert env.observation_space.contains(obs)
+        env.step(env.action_space.sample())
+
+
+def test_render_ansi():
+    env = Cube2x2Env(render_mode="ansi")
+    env.reset(seed=0, options={"state": run(SOLVED, "U+")})
+    text = env.render()
+    assert isinstance(text, str)
+    assert sum(ch in "WYORGB" for ch in text) == 24
+    lines = text.splitlines()
+    assert lines[0].split() == ["W", "W"] and lines[2].split() == ["G", "G", "R", "R", "B", "B", "O", "O"]
+    assert Cube2x2Env().render() is None
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scramble_depth=-1), "scramble_depth=-1 is invalid: expected an int >= 0"),
+        (dict(max_steps=0), "max_steps=0 is invalid: expected an int >= 1"),
+        (dict(num_envs=0), "num_envs=0 is invalid: expected an int >= 1"),
+        (dict(render_mode="human"), "render_mode='human' is invalid"),
+        (dict(curriculum={"treshold": 0.5}), "unknown keys"),
+        (dict(curriculum={"threshold": 1.5}), "curriculum.threshold"),
+    ],
+)
+def test_bad_kwargs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Cube2x2VectorEnv(**kwargs)
+    if "num_envs" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            Cube2x2Env(**kwargs)
+
+
+def test_bad_actions():
+    env = Cube2x2VectorEnv(num_envs=2)
+    env.reset(seed=0)
+    for bad in ([0, 12], [-1, 0], [0.5, 1.0], [0, 1, 2]):
+        with pytest.raises(ValueError, match="actions must be"):
+            env.step(np.array(bad))
+    with pytest.raises(ValueError, match="action=12"):
+        Cube2x2Env().step(12)
+
+
+# ----------------------------------------------------------------------------------------- vector env
+
+
+def test_vector_spaces():
+    env = Cube2x2VectorEnv(num_envs=5)
+    assert env.num_envs == 5
+    assert env.single_observation_space.shape == (192,) and env.observation_space.shape == (5, 192)
+    assert env.single_action_space.n == 12 and env.action_space.shape == (5,)
+    assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    obs, rew, term, trunc, info = env.step(env.action_space.sample())
+    assert obs.dtype == np.float32 and rew.dtype == np.float32 and rew.shape == (5,)
+    assert term.dtype == bool and trunc.dtype == bool and info["final_obs"].shape == (5, 192)
+    assert info["_final_obs"].dtype == bool and info["scramble_depth"].dtype.kind == "i"
+
+
+def test_vector_equals_single_envs():
+    n, steps = 16, 120
+    rng = np.random.default_rng(7)
+    start, first = scramble(rng, np.full(n, 1), return_moves=True)
+    vec = Cube2x2VectorEnv(num_envs=n, max_steps=4, scramble_depth=2)
+    singles = [Cube2x2Env(max_steps=4) for _ in range(n)]
+    obs, _ = vec.reset(seed=0, options={"states": start})
+    for i, env in enumerate(singles):
+        o, _ = env.reset(seed=i, options={"state": start[i]})
+        assert np.array_equal(o, obs[i])
+    finished = {"term": 0, "trunc": 0}
+    for t in range(steps):
+        actions = rng.integers(12, size=n)
+        if t == 0:
+            actions[::2] = INVERSE_MOVE[first[::2, 0]]  # solve half of them right away
+        obs, rew, term, trunc, info = vec.step(actions)
+        for i, env in enumerate(singles):
+            o, r, te, tr, inf = env.step(actions[i])
+            assert np.array_equal(info["final_obs"][i], o)
+            assert (rew[i], term[i], trunc[i], info["solved"][i]) == (r, te, tr, inf["solved"])
+            if te or tr:
+                assert info["_final_obs"][i]
+                o, _ = env.reset(options={"state": vec.states[i]})  # follow the vector env's new scramble
+                finished["term" if te else "trunc"] += 1
+            else:
+                assert not info["_final_obs"][i]
+            assert np.array_equal(obs[i], o)
+    assert finished["term"] >= n // 2 and finished["trunc"] > 0
+
+
+def test_vector_solved_flag_matches_is_solved():
+    # The vector env detects solves with its own byte trick; check it on cubes one move from solved,
+    # from a whole-cube rotation of solved (U+ D-), and from random states.
+    rng = np.random.default_rng(4)
+    n = 300
+    last = rng.integers(12, size=n)
+    start = scramble(rng, rng.integers(1, 8, size=n))
+    start[:100] = SOLVED
+    start[100:200] = run(SOLVED, "U+", "D-")
+    start = apply_moves(start, INVERSE_MOVE[last])  # the first 200 are solved by `last`
+    vec = Cube2x2VectorEnv(num_envs=n, max_steps=50)
+    vec.reset(seed=0, options={"states": start})
+    _, _, term, _, info = vec.step(last)
+    assert np.array_equal(term, is_solved(apply_moves(start, last)))
+    assert term[:200].all() and np.array_equal(info["solved"], term)
+
+
+def test_vector_reset_options():
+    vec = Cube2x2VectorEnv(num_envs=3, scramble_depth=2)
+    _, info = vec.reset(seed=0, options={"scramble_depth": 6})
+    assert info["scramble_depth"].tolist() == [6, 6, 6] and not is_solved(vec.states).any()
+    with pytest.raises(ValueError, match="expected \\(3, 24\\)"):
+        vec.reset(options={"states": np.zeros((2, 24), np.uint8)})
+    text = Cube2x2VectorEnv(num_envs=2, render_mode="ansi")
+    text.reset(seed=0)
+    frames = text.render()
+    assert len(frames) == 2 and all(sum(ch in "WYORGB" for ch in f) == 24 for f in frames)
+
+
+def test_vector_autoreset_same_step():
+    vec = Cube2x2VectorEnv(num_envs=3, scramble_depth=4, solve_bonus=10.0)
+    start = np.stack([run(SOLVED, "U+"), run(SOLVED, "U+"), run(SOLVED, "F+")])
+    vec.reset(seed=0, options={"states": start})
+    obs, rew, term, trunc, info = vec.step(np.array([M["U-"], M["R+"], M["B-"]]))  # F+ B- is a rotation
+    assert term.tolist() == [True, False, True] and not trunc.any()
+    assert info["solved"].tolist() == [True, False, True] and info["_final_obs"].tolist() == [True, False, True]
+    assert rew.tolist() == [9.0, -1.0, 9.0]
+    assert np.array_equal(info["final_obs"][0], encode_obs(SOLVED[None], [[M["U-"], -1, -1, -1]])[0])
+    assert is_solved(info["final_obs"][:, :144].reshape(3, 24, 6).argmax(-1)).tolist() == [True, False, True]
+    assert np.array_equal(info["final_obs"][1], obs[1])
+    # The returned obs of a finished env is a fresh scramble with an empty history.
+    fresh = obs[[0, 2], :144].reshape(2, 24, 6).argmax(-1)
+    assert not is_solved(fresh).any() and obs[[0, 2], 144:].sum() == 0
+    assert np.array_equal(fresh, vec.states[[0, 2]])
+    assert info["scramble_depth"].tolist() == [-1, -1, -1]  # depth of the episodes that ended / went on
+    _, _, _, _, info = vec.step(np.zeros(3, dtype=np.int64))
+    assert info["scramble_depth"].tolist() == [4, -1, 4]
+
+
+def test_vector_truncation_and_reward_dtype():
+    vec = Cube2x2VectorEnv(num_envs=2, max_steps=2, scramble_depth=3)
+    start = run(SOLVED, "R+", "F+", "U+")
+    vec.reset(seed=0, options={"states": np.stack([start, start])})
+    for a in ("U+", "U-"):  # visits R+ F+ U2, then back to the start: never solved
+        _, rew, term, trunc, info = vec.step(np.full(2, M[a]))
+    assert not term.any() and trunc.all() and info["_final_obs"].all()
+    assert rew.dtype == np.float32
+
+
+def test_vector_seeding_reproducible():
+    def roll(seed):
+        vec = Cube2x2VectorEnv(num_envs=8, scramble_depth=6, max_steps=3)
+        out = [vec.reset(seed=seed)[0]]
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            out.append(vec.step(rng.integers(12, size=8))[0])
+        return np.stack(out)
+
+    assert np.array_equal(roll(1), roll(1))
+    assert not np.array_equal(roll(1), roll(2))
+
+
+def test_copy_false_gives_same_values():
+    fast, ref = Cube2x2VectorEnv(num_envs=4, max_steps=3, copy=False), Cube2x2VectorEnv(num_envs=4, max_steps=3)
+    assert np.array_equal(fast.reset(seed=0)[0], ref.reset(seed=0)[0])
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        a = rng.integers(12, size=4)
+        f, r = fast.step(a), ref.step(a)
+        assert np.array_equal(f[0], r[0]) and np.array_equal(f[4]["final_obs"], r[4]["final_obs"])
+    # With copy=True the returned arrays are the caller's: later steps must not touch them.
+    kept = r[0].copy()
+    ref.step(rng.integers(12, size=4))
+    assert np.array_equal(kept, r[0])
+
+
+# ----------------------------------------------------------------------------------------- curriculum
+
+
+CUR = {"enabled": True, "start_depth": 1, "max_depth": 3, "threshold": 0.8, "window": 10, "spread": 0}
+
+
+def test_curriculum_raises_after_threshold():
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=CUR)
+    vec.reset(seed=0)
+    assert vec.curriculum_depth == 1
+    vec._record_outcomes(np.ones(9, dtype=bool))
+    assert vec.curriculum_depth == 1  # fewer than window episodes so far
+    vec._record_outcomes(np.array([True]))
+    assert vec.curriculum_depth == 2
+    vec._record_outcomes(np.ones(9, dtype=bool))
+    assert vec.curriculum_depth == 2  # needs a full window at the new depth
+    vec._record_outcomes(np.array([False] * 3 + [True] * 7))
+    assert vec.curriculum_depth == 2  # the last 10: 7 solved, 0.7 < 0.8
+    vec._record_outcomes(np.ones(10, dtype=bool))
+    assert vec.curriculum_depth == 3
+    vec._record_outcomes(np.ones(50, dtype=bool))
+    assert vec.curriculum_depth == 3  # capped at max_depth
+    _, info = vec.reset()
+    assert (info["scramble_depth"] == 3).all()
+
+
+def test_curriculum_tiny_run():
+    # A scripted agent that solves depth-1 cubes (it tries all 12 moves): the depth goes up once a full
+    # window of episodes has finished, all solved.
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, window=8, max_depth=5))
+    vec.reset(seed=0)
+    for t in range(2):
+        tries = apply_moves(np.repeat(vec.states, 12, 0), np.tile(np.arange(12), 4))
+        solving = is_solved(tries).reshape(4, 12)
+        assert solving.any(1).all()
+        _, _, term, _, info = vec.step(solving.argmax(1))
+        assert term.all() and (info["scramble_depth"] == 1).all()
+        assert vec.curriculum_depth == 1 + t  # 4 episodes per step, window 8
+    # The autoresets of the step that raised the depth already use the new depth.
+    _, _, _, _, info = vec.step(np.zeros(4, dtype=np.int64))
+    assert (info["scramble_depth"] == 2).all()
+
+
+def test_curriculum_spread():
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, start_depth=2, spread=1))
+    vec.reset(seed=0)
+    depths = vec._draw_depths(3000)
+    assert set(depths.tolist()) == {1, 2, 3}
+    assert abs((depths == 2).mean() - 1 / 3) < 0.05
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, start_depth=1, spread=1))
+    depths = vec._draw_depths(3000)
+    assert set(depths.tolist()) == {1, 2}  # 0 is clipped up to 1
+
+
+def test_set_scramble_depth_disables_curriculum():
+    vec = Cube2x2VectorEnv(num_envs=8, curriculum=CUR)
+    vec.set_scramble_depth(7)
+    assert vec.curriculum_depth == 7
+    vec._record_outcomes(np.ones(100, dtype=bool))
+    assert vec.curriculum_depth == 7
+    _, info = vec.reset(seed=0)
+    assert (info["scramble_depth"] == 7).all()
+
+
+def test_get_set_state_roundtrip():
+    a = Cube2x2VectorEnv(num_envs=6, curriculum=dict(CUR, spread=1, max_depth=9), max_steps=3)
+    a.reset(seed=11)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a.step(rng.integers(12, size=6))
+    a._record_outcomes(np.ones(10, dtype=bool))
+    saved = a.get_state()
+    assert a.curriculum_depth == 2
+    b = Cube2x2VectorEnv(num_envs=6, curriculum=dict(CUR, spread=1, max_depth=9), max_steps=3)
+    b.set_state(saved)
+    assert b.curriculum_depth == 2
+    oa, ia = a.reset()
+    ob, ib = b.reset()
+    assert np.array_equal(oa, ob) and np.array_equal(ia["scramble_depth"], ib["scramble_depth"])
+    for _ in range(10):
+        act = rng.integers(12, size=6)
+        ra, rb = a.step(act), b.step(act)
+        assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[4]["scramble_depth"], rb[4]["scramble_depth"])
