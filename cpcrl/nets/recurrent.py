@@ -1,0 +1,126 @@
+"""Belief modules: observation history -> features. Time-major `[T, B, ...]`, state `(h, c)` each `[L, B, H]`.
+
+`LSTMBelief` (seed 004): `Linear(obs, hidden) + ReLU -> LSTM(hidden, lstm_hidden, num_layers)`.
+`MLPBelief` is its feed-forward twin for A/B comparisons: same encoder, an MLP layer in place of the LSTM
+and no state (`None`).
+
+Reset semantics (both `step` and `sequence`): where `is_first[t, b]` is set, env b's state is zeroed
+*before* step t's observation is processed, so the features at t are exactly those of a fresh sequence
+that starts at t. States handed in and returned are the pre-reset states ("the state before this obs").
+
+`sequence` (method "auto"): a block with no reset after its first step is ONE plain `nn.LSTM` call; a block
+with resets inside projects the inputs of all steps in one matmul and runs only the masked recurrence
+(`h @ W_hh` and the gates) in a short Python loop over the truncation length. Measured on CPU
+(`python benchmarks/bench_ppo_lstm.py sequence`), this beat a per-step `nn.LSTM` loop (CleanRL), splitting
+the block at reset times, packing the pieces between resets into one `pack_padded_sequence` call, and a
+TorchScript version of the masked loop. `method="loop"` keeps the per-step reference for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor]
+
+
+def _masked_lstm_layer(xw: Tensor, keep: Tensor, h: Tensor, c: Tensor, w_hh: Tensor):
+    """One LSTM layer over `[T, B]` with the state zeroed where `keep[t]` is 0 (PyTorch gate order i, f, g, o).
+    `xw` holds the input projections plus both biases for every step, so the loop only does `h @ W_hh`.
+    (Plain Python: `torch.jit.script` of this loop measured no faster here, and it is deprecated.)"""
+    outs = []
+    w = w_hh.t()
+    H = h.shape[-1]
+    # unbind once: indexing xw[t] would make autograd zero-fill a full [T, B, 4H] gradient per step
+    for x_t, keep_t in zip(xw.unbind(0), keep.unbind(0)):
+        h = h * keep_t
+        c = c * keep_t
+        gates = torch.addmm(x_t, h, w)
+        act = torch.sigmoid(gates)  # one call for i, f, o (g's slot is unused)
+        c = act[:, H : 2 * H] * c + act[:, :H] * torch.tanh(gates[:, 2 * H : 3 * H])
+        h = act[:, 3 * H :] * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+class LSTMBelief(nn.Module):
+    recurrent = True
+
+    def __init__(self, obs_dim: int, hidden: int = 256, lstm_hidden: int = 128, num_layers: int = 1):
+        super().__init__()
+        for key, v in (("hidden", hidden), ("lstm_hidden", lstm_hidden), ("num_layers", num_layers)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"world_model.{key}={v!r}: must be a positive integer")
+        self.obs_dim, self.hidden, self.lstm_hidden, self.num_layers = obs_dim, hidden, lstm_hidden, num_layers
+        self.feature_dim = lstm_hidden
+        self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU())
+        self.lstm = nn.LSTM(hidden, lstm_hidden, num_layers)  # time-major
+        for name, p in self.lstm.named_parameters():
+            if "bias" in name:
+                nn.init.zeros_(p)
+            else:
+                nn.init.orthogonal_(p, 1.0)
+
+    def initial_state(self, batch_size: int, device=None) -> State:
+        device = device if device is not None else self.encoder[0].weight.device
+        z = torch.zeros(self.num_layers, batch_size, self.lstm_hidden, device=device)
+        return z, z.clone()
+
+    @staticmethod
+    def _reset(state: State, is_first: Tensor) -> State:
+        keep = (~is_first.to(torch.bool)).to(state[0].dtype).view(1, -1, 1)
+        return state[0] * keep, state[1] * keep
+
+    def step(self, obs: Tensor, state: State, is_first: Tensor) -> tuple[Tensor, State]:
+        """obs `[B, obs_dim]`, is_first `[B]` -> features `[B, H]`, new state."""
+        out, state = self.lstm(self.encoder(obs).unsqueeze(0), self._reset(state, is_first))
+        return out.squeeze(0), state
+
+    def sequence(self, obs: Tensor, state: State, is_first: Tensor, method: str = "auto") -> tuple[Tensor, State]:
+        """obs `[T, B, obs_dim]`, is_first `[T, B]` -> features `[T, B, H]`, state after the last step."""
+        x = self.encoder(obs)
+        is_first = is_first.to(torch.bool)
+        if method == "loop":
+            outs = []
+            for t in range(x.shape[0]):
+                out, state = self.lstm(x[t : t + 1], self._reset(state, is_first[t]))
+                outs.append(out)
+            return torch.cat(outs), state
+        if method != "auto":
+            raise ValueError(f"method={method!r}: valid are auto, loop")
+        if not bool(is_first[1:].any()):  # no reset inside: one plain nn.LSTM call
+            return self.lstm(x, self._reset(state, is_first[0]))
+        return self._masked(x, state, is_first)
+
+    def _masked(self, x: Tensor, state: State, is_first: Tensor) -> tuple[Tensor, State]:
+        keep = (~is_first).to(x.dtype).unsqueeze(-1)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")
+            bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
+            # input projections for all steps in one matmul; only the recurrence is a loop
+            x, h, c = _masked_lstm_layer(torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.t()).view(
+                x.shape[0], x.shape[1], -1), keep, state[0][layer], state[1][layer], w_hh)
+            hs.append(h), cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+
+class MLPBelief(nn.Module):
+    """Feed-forward twin of LSTMBelief (same encoder, `Linear(hidden, lstm_hidden) + ReLU` for the LSTM)."""
+
+    recurrent = False
+
+    def __init__(self, obs_dim: int, hidden: int = 256, lstm_hidden: int = 128, num_layers: int = 1):
+        super().__init__()
+        self.obs_dim, self.feature_dim = obs_dim, lstm_hidden
+        self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(hidden, lstm_hidden), nn.ReLU())
+
+    def initial_state(self, batch_size: int, device=None):
+        return None
+
+    def step(self, obs: Tensor, state, is_first: Tensor):
+        return self.body(self.encoder(obs)), None
+
+    def sequence(self, obs: Tensor, state, is_first: Tensor, method: str = "auto"):
+        return self.body(self.encoder(obs)), None
