@@ -146,11 +146,15 @@ class PPOLSTM(Agent):
         self.ret_norm = RunningNorm(1) if normalize_reward else None
         self._disc_return = None
         self.to(device)
-        try:  # the fused kernel is one op per step instead of ~10 per parameter tensor (measured ~1 ms/update here)
-            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=lr, eps=1e-5, fused=True)
-        except (RuntimeError, TypeError):
-            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=lr, eps=1e-5)
+        self.make_optimizer()
         self._state = None  # the carried per-env state of the training rollout
+
+    def make_optimizer(self) -> None:
+        """One Adam over every parameter (subclasses that add modules call it again)."""
+        try:  # the fused kernel is one op per step instead of ~10 per parameter tensor (measured ~1 ms/update here)
+            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
+        except (RuntimeError, TypeError):
+            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5)
 
     # --- acting --------------------------------------------------------------------------------------------
 
@@ -281,12 +285,46 @@ class PPOLSTM(Agent):
                 out[k] = s.permute(1, 0, 2, 3).reshape(s.shape[1], -1, s.shape[3])
         return out
 
+    def forward_chunks(self, ch: dict[str, Tensor], idx: Tensor | slice) -> tuple[Tensor, Tensor]:
+        """Encoded observations z and belief features of the chunks `idx`, restarted from their stored states."""
+        state = (ch["h"][:, idx], ch["c"][:, idx]) if self.recurrent else None
+        z = self.belief.encoder(ch["obs"][:, idx])
+        feats, _ = self.belief.recur(z, state, ch["is_first"][:, idx])
+        return z, feats
+
     def evaluate_chunks(self, ch: dict[str, Tensor], idx: Tensor | slice):
         """Log-probs, entropies and values of the chunks `idx`, restarted from their stored states: `[K, n]`."""
-        state = (ch["h"][:, idx], ch["c"][:, idx]) if self.recurrent else None
-        feats, _ = self.belief.sequence(ch["obs"][:, idx], state, ch["is_first"][:, idx])
+        return self._heads(ch, idx, self.forward_chunks(ch, idx)[1])
+
+    def _heads(self, ch, idx, feats):
         dist = self.dist(feats, ch["masks"][:, idx] if "masks" in ch else None)
         return dist.log_prob(ch["actions"][:, idx]), dist.entropy(), self.value(feats)
+
+    def rl_losses(self, ch: dict[str, Tensor], idx, feats: Tensor) -> dict[str, Tensor]:
+        """The PPO terms of one minibatch: clipped surrogate, (clipped) value loss, entropy."""
+        logp, entropy, value = self._heads(ch, idx, feats)
+        adv = ch["advantages"][:, idx]
+        if self.norm_adv:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_ratio = logp - ch["logp"][:, idx]
+        ratio = log_ratio.exp()
+        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_coef, 1 + self.clip_coef)).mean()
+        ret, old_v = ch["returns"][:, idx], ch["values"][:, idx]
+        if self.clip_value_loss:
+            v_clipped = old_v + (value - old_v).clamp(-self.clip_coef, self.clip_coef)
+            v_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
+        else:
+            v_loss = 0.5 * ((value - ret) ** 2).mean()
+        ent = entropy.mean()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clipfrac = ((ratio - 1).abs() > self.clip_coef).float().mean()
+        return {"total": pg_loss + self.value_coef * v_loss - self.entropy_coef * ent, "policy": pg_loss,
+                "value": v_loss, "entropy": ent, "approx_kl": approx_kl, "clipfrac": clipfrac}
+
+    def losses(self, ch: dict[str, Tensor], idx) -> dict[str, Tensor]:
+        """Every loss term of one minibatch; `total` is what is minimised (CPC+RL adds its own terms here)."""
+        return self.rl_losses(ch, idx, self.forward_chunks(ch, idx)[1])
 
     def train_iteration(self, collector) -> dict[str, float]:
         self._check_batch(collector.num_envs)
@@ -299,43 +337,27 @@ class PPOLSTM(Agent):
         ch = self.chunks(batch)
         n = ch["obs"].shape[1]
         mb = n // self.num_minibatches
-        stats = {k: [] for k in ("policy", "value", "entropy", "approx_kl", "clipfrac", "grad_norm")}
+        stats: dict[str, list[Tensor]] = {}
         stop = False
         for _ in range(self.update_epochs):
             perm = torch.randperm(n, device=self.device)
             for i in range(self.num_minibatches):
                 idx = perm[i * mb : (i + 1) * mb if i < self.num_minibatches - 1 else n]
-                logp, entropy, value = self.evaluate_chunks(ch, idx)
-                adv = ch["advantages"][:, idx]
-                if self.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = logp - ch["logp"][:, idx]
-                ratio = log_ratio.exp()
-                pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_coef, 1 + self.clip_coef)).mean()
-                ret, old_v = ch["returns"][:, idx], ch["values"][:, idx]
-                if self.clip_value_loss:
-                    v_clipped = old_v + (value - old_v).clamp(-self.clip_coef, self.clip_coef)
-                    v_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((value - ret) ** 2).mean()
-                ent = entropy.mean()
-                loss = pg_loss + self.value_coef * v_loss - self.entropy_coef * ent
+                terms = self.losses(ch, idx)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm or float("inf"))
+                terms["total"].backward()
+                terms["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm or float("inf"))
                 opt.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfrac = ((ratio - 1).abs() > self.clip_coef).float().mean()
-                for k, v in (("policy", pg_loss), ("value", v_loss), ("entropy", ent), ("approx_kl", approx_kl),
-                             ("clipfrac", clipfrac), ("grad_norm", grad_norm)):
-                    stats[k].append(v.detach())
-                if self.target_kl is not None and approx_kl.item() > self.target_kl:
+                for k, v in terms.items():
+                    if k != "total":
+                        stats.setdefault(k, []).append(v.detach())
+                if self.target_kl is not None and terms["approx_kl"].item() > self.target_kl:
                     stop = True
                     break
             if stop:
                 break
-        metrics = {f"loss/{k}": torch.stack(v).mean().item() for k, v in stats.items()
+        # names without a "/" are losses; the others (cpc/acc_k1, ...) keep their own prefix
+        metrics = {k if "/" in k else f"loss/{k}": torch.stack(v).mean().item() for k, v in stats.items()
                    if k not in ("approx_kl", "clipfrac")}
         y, pred = batch["returns"].flatten(), batch["values"].flatten()
         var_y = y.var()

@@ -78,7 +78,10 @@ class LSTMBelief(nn.Module):
 
     def sequence(self, obs: Tensor, state: State, is_first: Tensor, method: str = "auto") -> tuple[Tensor, State]:
         """obs `[T, B, obs_dim]`, is_first `[T, B]` -> features `[T, B, H]`, state after the last step."""
-        x = self.encoder(obs)
+        return self.recur(self.encoder(obs), state, is_first, method)
+
+    def recur(self, x: Tensor, state: State, is_first: Tensor, method: str = "auto") -> tuple[Tensor, State]:
+        """The recurrence alone, over encoded observations `x` `[T, B, hidden]` (CPC+RL also needs x = z_t)."""
         is_first = is_first.to(torch.bool)
         if method == "loop":
             outs = []
@@ -123,4 +126,7 @@ class MLPBelief(nn.Module):
         return self.body(self.encoder(obs)), None
 
     def sequence(self, obs: Tensor, state, is_first: Tensor, method: str = "auto"):
-        return self.body(self.encoder(obs)), None
+        return self.recur(self.encoder(obs), state, is_first)
+
+    def recur(self, x: Tensor, state, is_first: Tensor, method: str = "auto"):
+        return self.body(x), None
