@@ -116,9 +116,9 @@ def _name_the_run(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with open_dict(cfg):
         cfg.logger.run_name = cfg.logger.run_name or hc.job.override_dirname or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}"
-        if not cfg.logger.group:
-            multirun = hc.mode == RunMode.MULTIRUN
-            cfg.logger.group = Path(hc.sweep.dir).name if multirun else cfg.experiment_name
+        if not cfg.logger.group:  # an experiment preset names its group; an ad-hoc sweep is its own group
+            sweep = hc.mode == RunMode.MULTIRUN and not hc.runtime.choices.get("experiment")
+            cfg.logger.group = Path(hc.sweep.dir).name if sweep else cfg.experiment_name
 
 
 def _discard(run_dir: Path) -> None:

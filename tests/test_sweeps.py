@@ -83,3 +83,17 @@ def test_sweep_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "outputs").exists()
     (tmp_path / "empty").mkdir()
     assert report_main([str(tmp_path / "empty")]) == 2
+
+
+def test_cpc_ablation_preset_groups_runs_by_experiment(tmp_path):
+    cpcrl("-m", "experiment=cpc_ablation", "env=tmaze", "env.num_envs=4", "train.total_steps=512", "eval.every=0",
+          "eval.episodes=4", "eval.num_envs=4", "agent.num_steps=16", "seed=0",
+          "agent.cpc.weight=0,1.0", "logger=wandb", cwd=tmp_path, timeout=400)
+    runs = sweep_dirs(tmp_path)
+    assert len(runs) == 2
+    meta = [read_run(r)["run"] for r in runs]
+    assert {m["group"] for m in meta} == {"cpc_ablation"} and {m["job_type"] for m in meta} == {"cpc_rl"}
+    assert sorted("agent.cpc.weight=0," in m["display_name"] or "agent.cpc.weight=1.0" in m["display_name"]
+                  for m in meta) == [True, True]
+    weights = sorted(yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["agent"]["cpc"]["weight"] for r in runs)
+    assert weights == [0, 1.0]
