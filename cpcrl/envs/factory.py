@@ -26,7 +26,7 @@ def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonu
 
 
 def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=None,
-                 max_episode_steps: int | None = None, kwargs: dict | None = None,
+                 max_episode_steps: int | None = None, kwargs: dict | None = None, pixels: bool = False,
                  name: str | None = None) -> gym.vector.VectorEnv:
     if num_envs <= 0:
         raise ValueError(f"env.num_envs must be a positive integer, got {num_envs}")
@@ -43,6 +43,13 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
     elif not isinstance(probe.action_space, gym.spaces.Discrete):
         raise ValueError(f"{id} has action space {probe.action_space}: only Discrete and Box are supported")
     probe.close()
+    if pixels:
+        from cpcrl.envs.pixels import PixelObs
+
+        if observe is not None:
+            raise ValueError("env.observe and env.pixels exclude each other")
+        wrappers.append(PixelObs)
+        kwargs = {**(kwargs or {}), "render_mode": "rgb_array"}
     envs = gym.make_vec(id, num_envs=num_envs, vectorization_mode=vectorization, wrappers=wrappers,
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
                         max_episode_steps=max_episode_steps, **(kwargs or {}))

@@ -1,0 +1,134 @@
+"""Observation encoders and decoders for world models, plus the scalar heads (reward, continue).
+
+Vector obs `[..., D]`: MLP encoder, MLP decoder (Gaussian mean) or one-hot decoder (logits per group).
+Images `[..., 3, 64, 64]` (uint8 0..255 or float of those values): PlaNet's conv encoder
+(4 x Conv 4x4 stride 2, depth 32..256 -> 1024) and transposed-conv decoder (1024 -> 5,5,6,6 kernels).
+Image pixels are modelled in [-0.5, 0.5]; `ConvDecoder.target(obs)` maps observations into that space.
+All modules take any number of leading dims.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+
+from cpcrl.errors import ConfigError
+from cpcrl.nets.mlp import ACTIVATIONS, mlp
+
+DECODERS = ("auto", "gaussian", "onehot")
+
+
+def _leading(fn, x: Tensor, event_dims: int) -> Tensor:
+    lead = x.shape[:-event_dims] if event_dims else x.shape
+    out = fn(x.reshape(-1, *x.shape[x.dim() - event_dims:]))
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def is_image(space: gym.Space) -> bool:
+    return len(space.shape) == 3
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu"):
+        super().__init__()
+        self.net = mlp(obs_dim, [hidden] * layers, None, activation)
+        self.out_dim = hidden if layers else obs_dim
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs)
+
+
+class MLPDecoder(nn.Module):
+    """features -> obs mean (Gaussian) or flat group logits (one-hot); the loss decides which."""
+
+    def __init__(self, feature_dim: int, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu"):
+        super().__init__()
+        self.net = mlp(feature_dim, [hidden] * layers, obs_dim, activation)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+    def target(self, obs: Tensor) -> Tensor:
+        return obs
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, depth: int = 32, activation: str = "relu", channels: int = 3):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        layers, c = [], channels
+        for mult in (1, 2, 4, 8):
+            layers += [nn.Conv2d(c, depth * mult, 4, 2), act()]
+            c = depth * mult
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_dim = depth * 8 * 2 * 2
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return _leading(self.net, obs.float() / 255.0 - 0.5, 3)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, feature_dim: int, depth: int = 32, activation: str = "relu", channels: int = 3):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.fc = nn.Linear(feature_dim, depth * 32)
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (depth * 32, 1, 1)),
+            nn.ConvTranspose2d(depth * 32, depth * 4, 5, 2), act(),
+            nn.ConvTranspose2d(depth * 4, depth * 2, 5, 2), act(),
+            nn.ConvTranspose2d(depth * 2, depth, 6, 2), act(),
+            nn.ConvTranspose2d(depth, channels, 6, 2))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return _leading(lambda f: self.net(self.fc(f)), features, 1)
+
+    def target(self, obs: Tensor) -> Tensor:
+        return obs.float() / 255.0 - 0.5
+
+
+def check_onehot_groups(obs_space: gym.Space, groups) -> list[tuple[int, int]]:
+    """The `[[count, classes], ...]` layout of a one-hot observation, validated against the space."""
+    if not groups:
+        raise ConfigError("world_model.decoder=onehot needs world_model.onehot_groups, e.g. [[24, 6], [4, 12]] "
+                          "for the cube (24 stickers x 6 colours, 4 past actions x 12 moves)")
+    groups = [(int(n), int(k)) for n, k in groups]
+    size = sum(n * k for n, k in groups)
+    if is_image(obs_space) or obs_space.shape[0] != size:
+        raise ConfigError(f"world_model.onehot_groups={groups} cover {size} values but the observation has shape "
+                          f"{obs_space.shape}: the one-hot decoder needs a flat one-hot observation of that size")
+    low, high = obs_space.low, obs_space.high
+    if not ((low >= 0).all() and (high <= 1).all()):
+        raise ConfigError(f"world_model.decoder=onehot: observations range over [{low.min()}, {high.max()}], "
+                          "not [0, 1]; use decoder=gaussian for non-one-hot observations")
+    return groups
+
+
+def make_encoder(obs_space: gym.Space, cfg) -> nn.Module:
+    enc = dict(cfg.get("encoder", {}) or {})
+    if is_image(obs_space):
+        if tuple(obs_space.shape) != (3, 64, 64):
+            raise ConfigError(f"image observations must be 3x64x64 (channels first), got {obs_space.shape}")
+        return ConvEncoder(int(enc.get("depth", 32)), enc.get("activation", "relu"))
+    return MLPEncoder(obs_space.shape[0], int(enc.get("hidden", 200)), int(enc.get("layers", 2)),
+                      enc.get("activation", "elu"))
+
+
+def make_decoder(obs_space: gym.Space, feature_dim: int, cfg) -> tuple[nn.Module, list | None]:
+    """-> (decoder, one-hot groups or None). decoder: auto (conv for images, else gaussian) | gaussian | onehot."""
+    dec = dict(cfg.get("decoder", {}) or {})
+    kind = dec.get("kind", "auto")
+    if kind not in DECODERS:
+        raise ConfigError(f"world_model.decoder.kind={kind!r}: valid are {', '.join(DECODERS)}")
+    if is_image(obs_space):
+        if kind == "onehot":
+            raise ConfigError("world_model.decoder.kind=onehot needs a flat one-hot observation, the env gives images")
+        return ConvDecoder(feature_dim, int(dec.get("depth", 32)), dec.get("activation", "relu")), None
+    groups = check_onehot_groups(obs_space, dec.get("onehot_groups")) if kind == "onehot" else None
+    return MLPDecoder(feature_dim, obs_space.shape[0], int(dec.get("hidden", 200)), int(dec.get("layers", 2)),
+                      dec.get("activation", "elu")), groups
+
+
+def make_head(feature_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu") -> nn.Module:
+    """Scalar head (reward, continue logit): features [..., F] -> [...]."""
+    return nn.Sequential(mlp(feature_dim, [hidden] * layers, 1, activation), nn.Flatten(-2))

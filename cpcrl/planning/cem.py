@@ -1,0 +1,83 @@
+"""Cross-entropy method over action sequences (PlaNet's planner), batched over envs and candidates.
+
+Each iteration draws `candidates` sequences `[B, N, H, A]` from the current belief over action
+sequences, scores them all with one call `score(actions) -> [B, N]` (for PlaNet: one batched prior
+rollout of B*N latent trajectories), and refits the belief to the `top_k` best.
+
+Continuous actions in [-1, 1]: a diagonal Gaussian per (step, dim), samples clipped to the box.
+Discrete actions: a categorical per step (candidates are one-hot), refit to the elite frequencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cpcrl.errors import ConfigError
+
+Score = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    horizon: int = 12
+    candidates: int = 1000
+    top_k: int = 100
+    iterations: int = 10
+
+    def __post_init__(self):
+        for key in ("horizon", "candidates", "top_k", "iterations"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"planner {key}={getattr(self, key)}: must be a positive integer")
+        if self.top_k > self.candidates:
+            raise ConfigError(f"planner top_k={self.top_k} > candidates={self.candidates}: "
+                              "the elites are a subset of the candidates, so top_k <= candidates")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cem_continuous(score: Score, batch: int, action_dim: int, cfg: CEMConfig, device=None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """-> (mean, std) of the final belief, each `[B, H, A]`; act with `mean[:, 0]`."""
+    shape = (batch, cfg.horizon, action_dim)
+    mean, std = torch.zeros(shape, device=device), torch.ones(shape, device=device)
+    for _ in range(cfg.iterations):
+        noise = torch.randn((batch, cfg.candidates, *shape[1:]), device=device, generator=generator)
+        candidates = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1.0, 1.0)   # [B, N, H, A]
+        elite = score(candidates).topk(cfg.top_k, dim=1).indices                       # [B, K]
+        elites = candidates.gather(1, elite[:, :, None, None].expand(-1, -1, *shape[1:]))
+        mean, std = elites.mean(1), elites.std(1, unbiased=False)
+    return mean, std
+
+
+def cem_categorical(score: Score, batch: int, num_actions: int, cfg: CEMConfig, device=None,
+                    first_mask: Tensor | None = None, smoothing: float = 0.01,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """-> probs `[B, H, A]` of the final belief; act with `probs[:, 0].argmax(-1)`.
+
+    `first_mask` (bool `[B, A]`) restricts the first action to the legal ones (later steps are imagined,
+    where the mask is unknown). `smoothing` mixes in a little uniform so no action dies out for good."""
+    probs = torch.full((batch, cfg.horizon, num_actions), 1.0 / num_actions, device=device)
+    mask = None if first_mask is None else first_mask.to(torch.bool)
+
+    def legal(p: Tensor) -> Tensor:
+        if mask is None:
+            return p
+        first = p[:, 0] * mask
+        return torch.cat([(first / first.sum(-1, keepdim=True)).unsqueeze(1), p[:, 1:]], 1)
+
+    probs = legal(probs)
+    for _ in range(cfg.iterations):
+        index = torch.multinomial(probs.reshape(-1, num_actions), cfg.candidates, replacement=True,
+                                  generator=generator)                                   # [B*H, N]
+        index = index.view(batch, cfg.horizon, cfg.candidates).transpose(1, 2)          # [B, N, H]
+        candidates = F.one_hot(index, num_actions).float()                              # [B, N, H, A]
+        elite = score(candidates).topk(cfg.top_k, dim=1).indices
+        elites = candidates.gather(1, elite[:, :, None, None].expand(-1, -1, cfg.horizon, num_actions))
+        probs = legal((1 - smoothing) * elites.mean(1) + smoothing / num_actions)
+    return probs

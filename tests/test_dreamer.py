@@ -1,0 +1,210 @@
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cpcrl.agents.dreamer import Dreamer
+from cpcrl.collector import Collector, evaluate
+from cpcrl.envs.factory import make_gym_env
+from cpcrl.errors import ConfigError
+from cpcrl.nets.rssm import map_state
+
+from conftest import ROOT, cpcrl
+
+TINY = {"tiny": dict(deter=32, units=32, layers=1, stoch=8, latents=4, classes=4)}
+WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the test machine is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def world_model(name):
+    return OmegaConf.load(ROOT / "conf" / "world_model" / f"{name}.yaml")
+
+
+def tiny_agent(envs, version="v3", wm=None, **kw):
+    torch.manual_seed(0)
+    args = dict(version=version, size="tiny", sizes=TINY, batch_size=4, seq_len=8, horizon=5, prefill=40,
+                train_ratio=32, seed=0)
+    return Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
+                   world_model=wm or world_model(WORLD_MODEL[version]), **{**args, **kw})
+
+
+def trained_batch(agent, envs):
+    """Fill the replay and return the posterior of one sampled batch."""
+    agent.train_iteration(Collector(envs, torch.device("cpu"), seed=0))
+    batch = agent.replay.sample(agent.batch_size, agent.seq_len)
+    _, post, _ = agent.model_loss(batch)
+    return post
+
+
+LOSSES = ("loss/model", "loss/reconstruction", "loss/reward", "loss/continue", "loss/kl", "loss/actor",
+          "loss/critic", "dreamer/imagined_return", "dreamer/return_scale", "dreamer/entropy", "perf/updates_per_s")
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+def test_train_iteration_end_to_end(version, env):
+    envs = make_gym_env(env, 2, max_episode_steps=20)
+    agent = tiny_agent(envs, version)
+    collector = Collector(envs, torch.device("cpu"), seed=0)
+    metrics = {}
+    while "loss/model" not in metrics:
+        metrics = agent.train_iteration(collector)
+    assert len(agent.replay) >= 40 and set(LOSSES) <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert agent.backprop == (version == "v1" or env == "Pendulum-v1")
+    out = evaluate(agent, envs, 2)
+    assert np.isfinite(out["eval/return_mean"])
+    envs.close()
+
+
+def test_discrete_actor_gets_a_policy_gradient_without_entropy():
+    envs = make_gym_env("CartPole-v1", 2, max_episode_steps=20)
+    agent = tiny_agent(envs, "v3", entropy=0.0)
+    assert not agent.backprop  # REINFORCE
+    post = trained_batch(agent, envs)
+    actor_loss, _, _ = agent.behaviour_loss(post)
+    agent.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in agent.actor.parameters()])
+    assert grad.abs().sum() > 0
+    assert all(p.grad is None for m in agent.world_model_modules for p in m.parameters())  # actor loss only
+    assert all(p.grad is None for p in agent.critic.parameters())
+
+
+def test_continuous_v1_actor_gets_gradient_through_the_dynamics():
+    envs = make_gym_env("Pendulum-v1", 2, max_episode_steps=20)
+    agent = tiny_agent(envs, "v1")
+    assert agent.backprop and agent.entropy_coef == 0.0
+    post = trained_batch(agent, envs)
+    start = map_state(lambda x: x.detach().flatten(0, 1), post)
+    # a reward two steps ahead depends on the first action only through two prior (dynamics) steps
+    actions = torch.zeros(agent.horizon, len(start["deter"]), agent.action_dim, requires_grad=True)
+    states, _ = agent.rssm.imagine(actions, start)
+    reward = agent.reward_head.predict(agent.rssm.features({k: v[1] for k, v in states.items()})).sum()
+    (action_grad,) = torch.autograd.grad(reward, actions)
+    assert action_grad[0].abs().sum() > 0 and action_grad[2:].abs().sum() == 0
+    # v1's actor loss is -w * lambda-return (entropy 0): rewards and values read only imagined features, so
+    # every bit of the actor's gradient arrives through the dynamics
+    actor_loss, _, _ = agent.behaviour_loss(post)
+    agent.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    assert torch.cat([p.grad.flatten() for p in agent.actor.parameters()]).abs().sum() > 0
+    assert all(p.grad is None for m in agent.world_model_modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+def test_imagination_starts_from_posterior_states_and_reads_no_observation(version, monkeypatch):
+    envs = make_gym_env("CartPole-v1", 2, max_episode_steps=20)
+    agent = tiny_agent(envs, version)
+    post = trained_batch(agent, envs)
+
+    def no_observations(*args, **kwargs):
+        raise AssertionError("imagination read an observation")
+
+    monkeypatch.setattr(agent.encoder, "forward", no_observations)
+    monkeypatch.setattr(agent.rssm, "obs_step", no_observations)
+    monkeypatch.setattr(agent.rssm.post_net, "forward", no_observations)
+    monkeypatch.setattr(agent.replay, "sample", no_observations)
+    start = map_state(lambda x: x.detach().flatten(0, 1), post)
+    states, actions = agent.imagine(start)
+    assert states["deter"].shape[:2] == (agent.horizon + 1, agent.batch_size * agent.seq_len)
+    assert actions.shape == (agent.horizon, agent.batch_size * agent.seq_len, agent.action_dim)
+    for k in post:
+        assert torch.equal(states[k][0], post[k].flatten(0, 1))
+    agent.behaviour_loss(post)  # the whole actor-critic loss, too
+
+
+def test_version_world_model_mismatch_is_a_config_error():
+    envs = make_gym_env("CartPole-v1", 1)
+    with pytest.raises(ConfigError, match="agent.version=v1 needs world_model=rssm_gaussian"):
+        tiny_agent(envs, "v1", wm=world_model("rssm_discrete"))
+    with pytest.raises(ConfigError, match="agent.version=v3 needs world_model=rssm_discrete"):
+        tiny_agent(envs, "v3", wm=world_model("rssm_gaussian"))
+    with pytest.raises(ConfigError, match="agent.size='xl': valid are xs, s, m, tiny"):
+        tiny_agent(envs, size="xl")
+    with pytest.raises(ConfigError, match="valid are v1, v3"):
+        tiny_agent(envs, version="v2", wm=world_model("rssm_discrete"))
+
+
+def test_size_presets_and_version_defaults():
+    envs = make_gym_env("CartPole-v1", 1)
+    agent = Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
+                    world_model=world_model("rssm_discrete"), size="s")
+    assert agent.rssm.deter_dim == 512 and agent.rssm.stoch_dim == 32 * 32
+    assert agent.gamma == pytest.approx(1 - 1 / 333) and agent.hp["entropy"] == 3e-4
+    assert agent.slow_critic is not None and agent.return_norm.enabled
+    v1 = tiny_agent(envs, "v1", actor_lr=1e-3)
+    assert v1.gamma == 0.99 and v1.slow_critic is None and not v1.return_norm.enabled
+    assert v1.optimizers["actor"].param_groups[0]["lr"] == 1e-3   # explicit wins
+    assert v1.optimizers["critic"].param_groups[0]["lr"] == 8e-5 and v1.optimizers["model"].param_groups[0]["lr"] == 6e-4
+    cfg = OmegaConf.load(ROOT / "conf" / "agent" / "dreamer.yaml")  # the yaml mirrors the python defaults
+    from cpcrl.agents.dreamer import DEFAULT_SIZES, DEFAULT_VERSIONS
+    assert OmegaConf.to_container(cfg.sizes) == DEFAULT_SIZES
+    for version, table in DEFAULT_VERSIONS.items():
+        assert OmegaConf.to_container(cfg.versions[version]) == pytest.approx(table)
+
+
+def test_checkpoint_round_trip_keeps_slow_critic_and_normaliser():
+    envs = make_gym_env("CartPole-v1", 2, max_episode_steps=20)
+    agent = tiny_agent(envs, "v3")
+    collector = Collector(envs, torch.device("cpu"), seed=0)
+    for _ in range(5):
+        agent.train_iteration(collector)
+    buf = io.BytesIO()
+    torch.save(agent.checkpoint_state(), buf)
+    buf.seek(0)
+    fresh = tiny_agent(envs, "v3")
+    fresh.load_checkpoint_state(torch.load(buf, weights_only=True))
+    assert torch.equal(fresh.return_norm.high, agent.return_norm.high) and agent.return_norm.high != 0
+    for a, b in zip(fresh.slow_critic.parameters(), agent.slow_critic.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_imagined_returns_rise_on_cartpole():
+    """Learning test: within a short budget the model learns CartPole's +1 rewards and its continue flag,
+    and the critic follows, so the mean imagined lambda-return climbs well above its start."""
+    envs = make_gym_env("CartPole-v1", 4)
+    agent = tiny_agent(envs, "v3", batch_size=8, seq_len=16, horizon=15, prefill=500, train_ratio=128,
+                       model_lr=1e-3, critic_lr=1e-3, actor_lr=1e-4,
+                       sizes={"tiny": dict(deter=64, units=64, layers=1, stoch=8, latents=8, classes=8)})
+    collector = Collector(envs, torch.device("cpu"), seed=0)
+    returns, t0 = [], time.perf_counter()
+    while len(returns) < 80 and time.perf_counter() - t0 < 110:  # 35-75 s on a shared 2-core CPU
+        metrics = agent.train_iteration(collector)
+        if "dreamer/imagined_return" in metrics:
+            returns.append(metrics["dreamer/imagined_return"])
+    assert len(returns) == 80, f"only {len(returns)} update rounds in 110 s"
+    early, late = np.mean(returns[:10]), np.mean(returns[-10:])
+    assert late > early + 2.5, f"imagined return {early:.2f} -> {late:.2f}"
+    envs.close()
+
+
+def test_cli_trains_dreamer(tmp_path):
+    proc = cpcrl("agent=dreamer", "env=cartpole", "env.num_envs=2", "logger=none", "device=cpu", "device.threads=1",
+                 "train.total_steps=300", "train.log_every=100", "eval.episodes=2", "eval.num_envs=2",
+                 "eval.every=0", "agent.prefill=100", "agent.batch_size=4", "agent.seq_len=8", "agent.horizon=5",
+                 "agent.train_ratio=64", cwd=tmp_path)
+    assert "dreamer on cartpole" in proc.stdout
+    bad = cpcrl("agent=dreamer", "env=cartpole", "agent.version=v1", "logger=none", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "agent.version=v1 needs world_model=rssm_gaussian" in bad.stderr + bad.stdout
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+def test_bf16_autocast_update(version):
+    envs = make_gym_env("Pendulum-v1" if version == "v1" else "CartPole-v1", 2, max_episode_steps=20)
+    agent = tiny_agent(envs, version, precision="bf16")
+    collector = Collector(envs, torch.device("cpu"), seed=0)
+    metrics = {}
+    while "loss/model" not in metrics:
+        metrics = agent.train_iteration(collector)
+    assert all(np.isfinite(v) for v in metrics.values())
