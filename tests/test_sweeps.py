@@ -97,3 +97,13 @@ def test_cpc_ablation_preset_groups_runs_by_experiment(tmp_path):
                   for m in meta) == [True, True]
     weights = sorted(yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["agent"]["cpc"]["weight"] for r in runs)
     assert weights == [0, 1.0]
+
+
+def test_report_pushes_table_and_plot_to_wandb(tmp_path):
+    cpcrl("-m", *TINY, "logger=none", "seed=0,1", cwd=tmp_path, timeout=400)
+    sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert report_main([str(sweep), "--wandb", "--project", "t"]) == 0
+    wb = read_run(sweep)
+    assert wb["run"]["job_type"] == "report"
+    logged = {k for row in wb["history"] for k in row}
+    assert any(k.startswith("report/table") for k in logged) and any(k.startswith("report/curves") for k in logged)
