@@ -67,24 +67,24 @@ class Checkpointer:
         return last
 
 
+def _map_leaves(tree, leaf):
+    if isinstance(tree, dict):
+        return {k: _map_leaves(v, leaf) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map_leaves(v, leaf) for v in tree)
+    return leaf(tree)
+
+
+def _to_torch(x):
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def numpy_to_torch(tree):
     """numpy values inside plain containers -> tensors and Python scalars, so weights_only loading accepts them."""
-    if isinstance(tree, dict):
-        return {k: numpy_to_torch(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(numpy_to_torch(v) for v in tree)
-    if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
-    if isinstance(tree, np.generic):
-        return tree.item()
-    return tree
+    return _map_leaves(tree, _to_torch)
 
 
 def torch_to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: torch_to_numpy(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(torch_to_numpy(v) for v in tree)
-    if isinstance(tree, torch.Tensor):
-        return tree.numpy()
-    return tree
+    return _map_leaves(tree, lambda x: x.numpy() if isinstance(x, torch.Tensor) else x)
