@@ -1,5 +1,6 @@
 """Behaviour of the 2x2 cube: group structure of the moves, hand-checked stickers, env semantics."""
 
+import hashlib
 import warnings
 
 import gymnasium as gym
@@ -134,6 +135,7 @@ def test_r_plus_by_hand():
 
 def test_is_solved():
     assert is_solved(SOLVED[None]).tolist() == [True]
+    assert is_solved(SOLVED).tolist() == [True] and is_solved(SOLVED.astype(np.int64)).tolist() == [True]
     singles = apply_moves(np.repeat(SOLVED[None], 12, 0), np.arange(12))
     assert not is_solved(singles).any()
     # U+ and D- both turn clockwise as seen from above, so together they rotate the whole cube.
@@ -141,6 +143,18 @@ def test_is_solved():
     assert is_solved(run(SOLVED, "R+", "L-")[None])[0]
     assert is_solved(run(SOLVED, "F+", "B-")[None])[0]
     assert not is_solved(run(SOLVED, "U+", "D+")[None])[0]
+
+
+def test_is_solved_fast_path_matches_generic():
+    # uint8 rows are compared as byte strings; other dtypes elementwise. Both must agree, NULs (colour 0) included.
+    rng = np.random.default_rng(9)
+    states = scramble(rng, rng.integers(0, 4, size=3000))
+    states = np.vstack([states, run(SOLVED, "F+", "B-")[None], rng.integers(0, 2, size=(500, 24)).astype(np.uint8)])
+    expected = (states == states[:, np.repeat(np.arange(0, 24, 4), 4)]).all(axis=1)
+    assert expected.any() and not expected.all()
+    assert np.array_equal(is_solved(states), expected)
+    assert np.array_equal(is_solved(states.astype(np.int64)), expected)
+    assert np.array_equal(is_solved(np.asfortranarray(states)), expected)
 
 
 # ---------------------------------------------------------------------------------------- observation
@@ -277,11 +291,24 @@ def test_bad_kwargs(kwargs, match):
 
 
 def test_bad_actions():
-    env = Cube2x2VectorEnv(num_envs=2)
+    env, twin = Cube2x2VectorEnv(num_envs=2), Cube2x2VectorEnv(num_envs=2)
     env.reset(seed=0)
-    for bad in ([0, 12], [-1, 0], [0.5, 1.0], [0, 1, 2]):
+    twin.reset(seed=0)
+    big = np.iinfo(np.int64)
+    for bad in ([0, 12], [-1, 0], [13, 1], [0, -13], [big.max, 0], [big.min, 0], [0.5, 1.0], [0, 1, 2]):
         with pytest.raises(ValueError, match="actions must be"):
             env.step(np.array(bad))
+    with pytest.raises(ValueError, match="actions must be"):
+        env.step(np.array([2**64 - 1, 0], dtype=np.uint64))
+    # A rejected step changes nothing: the env goes on exactly like one that never saw it.
+    for a in ([3, 4], [5, 5], [0, 11]):
+        a = np.array(a)
+        mine, ref = env.step(a), twin.step(a)
+        assert np.array_equal(mine[0], ref[0]) and np.array_equal(mine[1], ref[1])
+        assert np.array_equal(mine[4]["final_obs"], ref[4]["final_obs"])
+    assert np.array_equal(env.states, twin.states)
+    # Other integer dtypes are accepted.
+    env.step(np.array([1, 2], dtype=np.uint8))
     with pytest.raises(ValueError, match="action=12"):
         Cube2x2Env().step(12)
 
@@ -333,6 +360,61 @@ def test_vector_equals_single_envs():
     assert finished["term"] >= n // 2 and finished["trunc"] > 0
 
 
+@pytest.mark.parametrize("n,copy", [(1, True), (64, True), (64, False)])
+def test_vector_obs_tracks_states_and_history(n, copy):
+    # The env never encodes from (states, history) itself; check it against encode_obs after many steps with
+    # solves, truncations and autoresets, and check the terminal obs and solved flags against the states.
+    rng = np.random.default_rng(n)
+    env = Cube2x2VectorEnv(num_envs=n, scramble_depth=2, max_steps=7, copy=copy)
+    obs, _ = env.reset(seed=1)
+    history = np.full((n, 4), -1)
+    assert np.array_equal(obs, encode_obs(env.states, history))
+    finished = 0
+    for t in range(400):
+        before = env.states
+        # Solve some cubes on purpose: try all 12 moves, take a solving one where there is one.
+        solving = is_solved(apply_moves(np.repeat(before, 12, 0), np.tile(np.arange(12), n))).reshape(n, 12)
+        a = np.where(solving.any(1) & (rng.random(n) < 0.5), solving.argmax(1), rng.integers(12, size=n))
+        obs, rew, term, trunc, info = env.step(a)
+        after = apply_moves(before, a)
+        history = np.concatenate([a[:, None], history[:, :3]], axis=1)
+        assert np.array_equal(info["final_obs"], encode_obs(after, history))
+        assert np.array_equal(term, is_solved(after)) and np.array_equal(info["solved"], term)
+        assert np.array_equal(rew, np.where(term, 9.0, -1.0).astype(np.float32))
+        done = info["_final_obs"]
+        assert np.array_equal(done, term | trunc) and not (term & trunc).any()
+        history[done] = -1
+        assert np.array_equal(env.states[~done], after[~done])
+        assert not is_solved(env.states[done]).any()
+        assert np.array_equal(obs, encode_obs(env.states, history))
+        finished += done.sum()
+    assert finished > 20 * n
+
+
+def test_vector_matches_recorded_run():
+    # Outputs of fixed-seed runs, with and without a curriculum, recorded with the implementation before the
+    # step was optimised (commit 5da050c): the optimised env must produce exactly the same episodes.
+    h = hashlib.sha256()
+    for kw in (
+        dict(num_envs=8, scramble_depth=3, max_steps=5),
+        dict(num_envs=5, max_steps=6, curriculum=dict(window=6, threshold=0.1, max_depth=6, spread=1)),
+    ):
+        env = Cube2x2VectorEnv(**kw)
+        obs, info = env.reset(seed=3)
+        h.update(obs.astype("<f4").tobytes())
+        h.update(info["scramble_depth"].astype("<i8").tobytes())
+        rng = np.random.default_rng(4)
+        for _ in range(60):
+            obs, rew, term, trunc, info = env.step(rng.integers(12, size=env.num_envs))
+            for x in (obs, info["final_obs"], rew):
+                h.update(x.astype("<f4").tobytes())
+            for x in (term, trunc, info["_final_obs"], info["solved"]):
+                h.update(x.astype("u1").tobytes())
+            h.update(info["scramble_depth"].astype("<i8").tobytes())
+    assert env.curriculum_depth > 1  # the curriculum path was exercised
+    assert h.hexdigest() == "47ee6cd60171604a9880b805fbb05e7c292dbf7c76853865b4df326946acb7d5"
+
+
 def test_vector_solved_flag_matches_is_solved():
     # The vector env detects solves with its own byte trick; check it on cubes one move from solved,
     # from a whole-cube rotation of solved (U+ D-), and from random states.
@@ -356,6 +438,8 @@ def test_vector_reset_options():
     assert info["scramble_depth"].tolist() == [6, 6, 6] and not is_solved(vec.states).any()
     with pytest.raises(ValueError, match="expected \\(3, 24\\)"):
         vec.reset(options={"states": np.zeros((2, 24), np.uint8)})
+    with pytest.raises(ValueError, match="colours outside 0..5"):
+        vec.reset(options={"states": np.full((3, 24), 6, np.uint8)})
     text = Cube2x2VectorEnv(num_envs=2, render_mode="ansi")
     text.reset(seed=0)
     frames = text.render()

@@ -32,7 +32,7 @@ yet, e.g. right after a reset).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -110,12 +110,16 @@ def apply_moves(states: np.ndarray, actions: np.ndarray) -> np.ndarray:
 
 
 _FACE_FIRST = np.repeat(np.arange(0, 24, 4), 4)  # sticker i -> first sticker of its face
+_SOLVED_AFTER = SOLVED[_PERMS_PAD]  # row a: the solved cube after move a (or none)
 
 
 def is_solved(states: np.ndarray) -> np.ndarray:
     """bool[N]: every face shows a single colour, whatever the cube's orientation."""
     states = np.asarray(states).reshape(-1, 24)
-    return (states == states[:, _FACE_FIRST]).all(axis=1)
+    firsts = states.take(_FACE_FIRST, axis=1)
+    if states.dtype == np.uint8:  # whole rows as 24-byte strings, much faster (see _ROW_FIELDS)
+        return np.ascontiguousarray(states).view("S24")[:, 0] == firsts.view("S24")[:, 0]
+    return (states == firsts).all(axis=1)
 
 
 def scramble(
@@ -142,7 +146,7 @@ def scramble(
         m[np.arange(d_max) >= d[:, None]] = N_MOVES  # past its depth a cube gets the identity "move"
         # A re-draw starts over from solved (not from the rotation it landed on). Flat gathers with row
         # offsets are much cheaper than take_along_axis.
-        st = SOLVED.take(_PERMS_PAD.take(m[:, 0], axis=0))
+        st = _SOLVED_AFTER.take(m[:, 0], axis=0)
         off = (np.arange(k) * 24)[:, None]
         for t in range(1, d_max):
             st = st.reshape(-1).take(_PERMS_PAD.take(m[:, t], axis=0) + off)
@@ -165,6 +169,44 @@ def encode_obs(states: np.ndarray, history: np.ndarray) -> np.ndarray:
     r, k = np.nonzero(history >= 0)
     flat[r * OBS_DIM + 144 + N_MOVES * k + history[r, k]] = 1.0
     return out
+
+
+# A faster encoding, used by the vector env and the scramble pools. The 192 floats are 16 chunks of 12: chunk
+# j < 12 is stickers 2j and 2j+1, chunk 12 + k is history slot k. Each chunk is a row of _OBS_TABLE picked by a
+# uint16 code: for stickers, their two colour bytes read as one uint16, so no arithmetic is needed; for a history
+# slot, _ACTION_CODE[a] or _NO_ACTION_CODE, both above every sticker-pair code. So the observation of a "head",
+# the 32 bytes [24 sticker colours | 4 history codes], is one lookup of its uint16 view.
+
+
+def _byte_pair(lo: int, hi: int) -> int:
+    """The uint16 that bytes (lo, hi) read as, in native byte order."""
+    return int(np.array([lo, hi], dtype=np.uint8).view(np.uint16)[0])
+
+
+_ACTION_CODE = _byte_pair(5, 5) + 1 + np.arange(N_MOVES, dtype=np.uint16)
+_NO_ACTION_CODE = _ACTION_CODE[-1] + 1
+_OBS_TABLE = np.zeros((_NO_ACTION_CODE + 1, 12), dtype=np.float32)
+for _c0 in range(6):
+    for _c1 in range(6):
+        _OBS_TABLE[_byte_pair(_c0, _c1), [_c0, 6 + _c1]] = 1.0
+_OBS_TABLE[_ACTION_CODE, np.arange(N_MOVES)] = 1.0
+_OBS_TABLE.flags.writeable = False
+_NO_HISTORY = np.full(HISTORY, _NO_ACTION_CODE, dtype=np.uint16).view(np.uint8)
+_HEAD = np.dtype((np.void, 32))
+_OBS_ROW = np.dtype((np.void, 4 * OBS_DIM))  # a whole observation as one item, for cheap row writes
+
+
+def _first_heads(states: np.ndarray) -> np.ndarray:
+    """uint8[N,32] heads of states uint8[N,24] with an empty history."""
+    heads = np.empty((len(states), 32), dtype=np.uint8)
+    heads[:, :24], heads[:, 24:] = states, _NO_HISTORY
+    return heads
+
+
+def _encode_heads(heads: np.ndarray) -> np.ndarray:
+    """float32[N,192] observations of heads uint8[N,32] (or their uint16[N,16] view), = ``encode_obs``."""
+    codes = heads.view(np.uint16) if heads.dtype == np.uint8 else heads
+    return _OBS_TABLE.take(codes, axis=0).reshape(len(codes), OBS_DIM)
 
 
 def render_net(state: np.ndarray) -> str:
@@ -297,17 +339,17 @@ class _DepthSchedule:
             self._clear_pool()
 
     def _clear_pool(self) -> None:
-        self._pool_d = np.zeros(0, dtype=np.int64)
-        self._pool_s = np.zeros((0, 24), dtype=np.uint8)
-        self._pool_o = np.zeros((0, OBS_DIM), dtype=np.float32)
-        self._pool_i = 0
+        self._fill_pool(np.zeros(0, dtype=np.int64), np.zeros((0, 24), dtype=np.uint8))
 
     def _fill_pool(self, depths: np.ndarray, states: np.ndarray) -> None:
         self._pool_d, self._pool_s, self._pool_i = np.asarray(depths, dtype=np.int64), states, 0
-        self._pool_o = encode_obs(states, np.full((len(states), HISTORY), -1))
+        heads = _first_heads(states)
+        self._pool_o = _encode_heads(heads)
+        # Whole heads and observations as single items, which the vector env's resets write cheaply.
+        self._pool_h, self._pool_or = heads.view(_HEAD)[:, 0], self._pool_o.view(_OBS_ROW)[:, 0]
 
-    def _next_scrambles(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Depths int[k], states uint8[k,24] and their first observations float32[k,192]."""
+    def _next_scrambles(self, k: int) -> slice:
+        """Where in the pool (``_pool_d``, ``_pool_s``, ``_pool_o``, ...) the next k resets' scrambles are."""
         i = self._pool_i
         if i + k > len(self._pool_d):
             depths = self._draw_depths(max(self._pool_size, k))
@@ -318,7 +360,7 @@ class _DepthSchedule:
             )
             i = 0
         self._pool_i = i + k
-        return self._pool_d[i : i + k], self._pool_s[i : i + k], self._pool_o[i : i + k]
+        return slice(i, i + k)
 
     def _draw_depths(self, n: int) -> np.ndarray:
         if self._curriculum_on:
@@ -394,8 +436,8 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
             self.state = scramble(self.np_random, [self._depth])[0]
             self._obs[:] = encode_obs(self.state[None], np.full((1, HISTORY), -1))[0]
         else:
-            d, s, o = self._next_scrambles(1)
-            self._depth, self.state, self._obs[:] = int(d[0]), s[0].copy(), o[0]
+            i = self._next_scrambles(1).start
+            self._depth, self.state, self._obs[:] = int(self._pool_d[i]), self._pool_s[i].copy(), self._pool_o[i]
         self._steps = 0
         return self._obs.copy(), {"solved": False, "scramble_depth": self._depth}
 
@@ -426,7 +468,7 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
 # ------------------------------------------------------------------------------------------ vector env
 
 
-_ZERO = np.float32(0.0)
+_ZERO = np.zeros((), dtype=np.float32)  # 0-d arrays as ufunc operands: a Python or numpy scalar costs ~0.5 us more
 
 
 def _copy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -441,13 +483,36 @@ def _copy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.add(x, _ZERO, out=out)
 
 
+# A cube's row in the vector env's state buffer: bytes [0:32] its head (see _OBS_TABLE), [32:56] the colour of
+# the first sticker of each sticker's face. Stickers and faces are compared as S24: numpy compares fixed-width
+# byte strings ~2x faster than voids, and for equal widths that is exactly bytewise equality (NULs included).
+_ROW = 56
+_ROW_FIELDS = np.dtype(
+    {"names": ["head", "stickers", "faces"], "formats": [_HEAD, "S24", "S24"], "offsets": [0, 0, 32], "itemsize": _ROW}
+)
+# Head code that an invalid action gets (see Cube2x2VectorEnv.step): out of _OBS_TABLE's range.
+_BAD_ACTION_CODE = np.array([len(_OBS_TABLE)], dtype=np.uint16)
+
+
+class _RowBuffer(NamedTuple):
+    """Views of one of the vector env's two state buffers, and what a gather into it reads."""
+
+    src: np.ndarray  # uint8, flat: the other buffer's N rows, then the head-code constants
+    rows: np.ndarray  # uint8[N, _ROW]
+    codes: np.ndarray  # uint16[N, 16]: the observations' chunk codes
+    heads: np.ndarray  # _HEAD[N]: stickers and history, what a reset writes
+    stickers: np.ndarray  # S24[N]
+    faces: np.ndarray  # S24[N]
+
+
 class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
     """``num_envs`` pocket cubes stepped together with numpy, gymnasium SAME_STEP autoreset.
 
     A finished env's returned obs is already its next episode's first obs; ``info["final_obs"]`` (float32[N,192])
     holds the terminal obs where ``info["_final_obs"]`` is True and the returned obs elsewhere.
     ``info["solved"]`` bool[N] and ``info["scramble_depth"]`` int[N] (of the episode the step belonged to).
-    ``copy=False`` returns internal buffers instead of copies (valid until the next ``step``/``reset``).
+    ``copy=False`` returns the obs in an internal buffer, valid until the next ``step``/``reset``, instead of a new
+    array (``final_obs`` is always a new array).
     ``reset`` options: ``states`` (uint8[N,24]; reported depth -1) or ``scramble_depth`` (this reset only).
     """
 
@@ -471,102 +536,122 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         self.single_action_space = spaces.Discrete(N_MOVES)
         self.observation_space = spaces.Box(0.0, 1.0, (n, OBS_DIM), np.float32)
         self.action_space = spaces.MultiDiscrete(np.full(n, N_MOVES))
-        self._steps = np.zeros(n, dtype=np.int64)
         self._depths = np.zeros(n, dtype=np.int64)
+        # Steps are counted for all envs together and an episode's length is _t - _start, so only resets write
+        # per env. _now and _last_start mirror _t and _t - max_steps as 0-d arrays (see _ZERO).
+        self._t = 0
+        self._start = np.zeros(n, dtype=np.int64)
+        self._now = np.zeros((), dtype=np.int64)
+        self._last_start = np.zeros((), dtype=np.int64)
         self._reward_table = np.array([-1.0, -1.0 + self.solve_bonus], dtype=np.float32)  # indexed by solved
 
-        # The step is a handful of whole-batch numpy calls; at small N their count, not their size, is the
-        # cost, so one gather produces everything the step needs. A cube's row in the state buffer is
-        #   [0:24] stickers | [24] last action | [25:49] colour of the first sticker of each sticker's face
-        # The last 24 bytes equal the first 24 exactly when every face is uniform (one 24-byte compare), and
-        # bytes 0..24 say which float of each sticker one-hot / of the history head is hot. The row is
-        # gathered from the previous one (the action byte from 12 constants stored after the rows), with two
-        # buffers taking turns as source and destination.
-        w = 49
-        table = np.empty((N_MOVES, w), dtype=np.intp)  # per action: source byte of each byte of the new row
-        table[:, :24] = MOVE_PERMS
-        table[:, 24] = n * w + np.arange(N_MOVES)  # absolute: the constants
-        table[:, 25:] = MOVE_PERMS[:, _FACE_FIRST]
+        # At small N the number of numpy calls, not their size, is the cost of a step, so one gather builds each
+        # whole new row from the previous one: the stickers move, the history codes shift by one slot, the head
+        # code comes from constants stored after the rows, and the face-first colours follow the stickers. Every
+        # face is uniform exactly when the stickers equal the face-first colours (one 24-byte compare). Two
+        # buffers take turns as source and destination.
+        consts = np.concatenate([_ACTION_CODE, _BAD_ACTION_CODE]).view(np.uint8)
+        # Row 1 + a: source byte of each byte of the new row after action a; rows 0 and 13 catch invalid actions.
+        table = np.empty((N_MOVES + 2, _ROW), dtype=np.intp)
+        table[1:-1, :24] = MOVE_PERMS
+        table[[0, -1], :24] = np.arange(24)
+        code_bytes = n * _ROW + 2 * np.r_[N_MOVES, np.arange(N_MOVES), N_MOVES]  # absolute: the constants
+        table[:, 24], table[:, 25] = code_bytes, code_bytes + 1
+        table[:, 26:32] = np.arange(24, 30)
+        table[:, 32:] = table[:, _FACE_FIRST]
         self._table = table
-        self._off = np.repeat(np.arange(n) * w, w).reshape(n, w)
-        self._off[:, 24] = 0
-        self._bufs = [np.concatenate([np.zeros(n * w, np.uint8), np.arange(N_MOVES, dtype=np.uint8)]) for _ in "ab"]
-        self._rows = [b[: n * w].reshape(n, w) for b in self._bufs]
-        halves = np.dtype({"names": ["a", "b"], "formats": ["V24", "V24"], "offsets": [0, 25], "itemsize": w})
-        self._halves = [(r.view(halves)["a"][:, 0], r.view(halves)["b"][:, 0]) for r in self._rows]
+        self._off = np.repeat(np.arange(n) * _ROW, _ROW).reshape(n, _ROW)
+        self._off[:, 24:26] = 0
+        self._one = np.ones(n, dtype=np.int64)
+        self._sel = np.empty(n, dtype=np.int64)
+        self._idx = np.empty((n, _ROW), dtype=np.intp)
+        flats = [np.concatenate([np.zeros(n * _ROW, np.uint8), consts]) for _ in range(2)]
+        self._bufs = []
+        for flat, src in zip(flats, flats[::-1]):
+            rows = flat[: n * _ROW].reshape(n, _ROW)
+            fields = rows.view(_ROW_FIELDS)[:, 0]
+            self._bufs.append(
+                _RowBuffer(src, rows, rows.view(np.uint16)[:, :16], fields["head"], fields["stickers"], fields["faces"])
+            )
         self._cur = 0
         self._obs = np.zeros((n, OBS_DIM), dtype=np.float32)
-        self._obs_flat = self._obs.reshape(-1)
-        self._final = np.empty_like(self._obs)
-        # Flat obs index of the float that is hot when row byte j (sticker colour / last action) is 0.
-        self._hot_off = (np.arange(n) * OBS_DIM)[:, None] + np.append(6 * np.arange(24), 144)
 
     @property
     def states(self) -> np.ndarray:
         """Copy of the current sticker states, uint8[N,24]."""
-        return self._rows[self._cur][:, :24].copy()
+        return self._bufs[self._cur].rows[:, :24].copy()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             self._clear_pool()
         options = options or {}
-        n, obs, rows = self.num_envs, self._obs, self._rows[self._cur]
+        n, rows = self.num_envs, self._bufs[self._cur].rows
         if "states" in options:
             states = np.asarray(options["states"], dtype=np.uint8)
             if states.shape != (n, 24):
                 raise ValueError(f"options['states'] has shape {states.shape}; expected ({n}, 24)")
+            if states.max() > 5:  # a colour code outside _OBS_TABLE would make step reject every action
+                raise ValueError("options['states'] has colours outside 0..5")
             rows[:, :24], self._depths[:] = states, -1
-            obs[:] = encode_obs(states, np.full((n, HISTORY), -1))
         elif "scramble_depth" in options:
             d = _check_int("scramble_depth", options["scramble_depth"], 0, "an int >= 0")
             rows[:, :24], self._depths[:] = scramble(self.np_random, np.full(n, d)), d
-            obs[:] = encode_obs(rows[:, :24], np.full((n, HISTORY), -1))
         else:
-            self._depths[:], rows[:, :24], obs[:] = self._next_scrambles(n)
-        self._steps[:] = 0
+            sl = self._next_scrambles(n)
+            rows[:, :24], self._depths[:] = self._pool_s[sl], self._pool_d[sl]
+        rows[:, 24:32] = _NO_HISTORY
+        self._start[:] = self._t
+        obs = _encode_heads(rows[:, :32])
+        if not self.copy:
+            obs = _copy(obs, self._obs)
         info = {"solved": np.zeros(n, dtype=bool), "scramble_depth": self._depths.copy()}
-        return (_copy(obs) if self.copy else obs), info
+        return obs, info
 
     def step(self, actions):
+        n = self.num_envs
         a = np.asarray(actions)
         if a.dtype != np.int64:
             if a.dtype.kind not in "iu":
                 raise ValueError(f"actions must be integers in [0, {N_MOVES}), got dtype {a.dtype}")
             a = a.astype(np.int64)
-        # One reduction checks both ends: negatives become huge as unsigned.
-        if a.shape != (self.num_envs,) or a.view(np.uint64).max() >= N_MOVES:
-            raise ValueError(f"actions must be int[{self.num_envs}] in [0, {N_MOVES}), got {a!r}")
-        idx = self._table.take(a, axis=0)
+        if a.shape != (n,):
+            raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
+        # Range check without a reduction: table row a + 1, clipped, is a poison row for an invalid action (the
+        # largest int64 wraps around), and its head code makes the observation lookup raise. The new rows go to
+        # the spare buffer, so nothing is committed before that.
+        idx = self._table.take(np.add(a, self._one, out=self._sel), axis=0, out=self._idx, mode="clip")
         idx += self._off
-        src = self._bufs[self._cur]
-        self._cur ^= 1
-        rows = self._rows[self._cur]
-        np.take(src, idx, out=rows, mode="clip")  # in range by construction; "raise" would buffer
-        stickers, face_firsts = self._halves[self._cur]
-        solved = stickers == face_firsts
-        # Re-encode rather than patch the 12 moved stickers: shift the history, zero the stickers and the
-        # head, set the hot floats. Fewer numpy calls than patching, and at small N calls are the cost.
-        obs = self._obs
-        obs[:, 144 + N_MOVES :] = obs[:, 144:-N_MOVES]  # numpy buffers the overlap
-        obs[:, : 144 + N_MOVES] = 0.0
-        self._obs_flat[rows[:, :25] + self._hot_off] = 1.0
+        cur = self._cur ^ 1
+        src, rows, codes, heads, stickers, faces = self._bufs[cur]
+        src.take(idx, out=rows, mode="clip")  # in range; "raise" would buffer
+        try:
+            final = _OBS_TABLE.take(codes, axis=0)  # a new array: copy=True needs no copy of it
+        except IndexError:
+            raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}") from None
+        self._cur = cur
+        final = final.reshape(n, OBS_DIM)
+        solved = stickers == faces
 
-        self._steps += 1
-        done = self._steps >= self.max_steps
-        done |= solved
-        truncated = done ^ solved  # a solving step is not also truncated
-        rewards = self._reward_table.take(solved.view(np.uint8))
+        self._t = t = self._t + 1
+        self._now[()], self._last_start[()] = t, t - self.max_steps
+        timeout = self._start <= self._last_start
+        truncated = timeout > solved  # a solving step is not also truncated
+        done = timeout | solved
+        rewards = self._reward_table.take(solved)
         depths = self._depths.copy()
-        final = _copy(obs, None if self.copy else self._final)
+        obs = _copy(final, None if self.copy else self._obs)
         ended = done.nonzero()[0]
         if len(ended):
             if self._curriculum_on:
                 self._record_outcomes(solved[ended])
-            self._depths[ended], rows[ended, :24], obs[ended] = self._next_scrambles(len(ended))
-            self._steps[ended] = 0
+            sl = self._next_scrambles(len(ended))
+            heads[ended] = self._pool_h[sl]
+            self._depths[ended] = self._pool_d[sl]
+            self._start[ended] = self._now
+            obs.view(_OBS_ROW)[:, 0][ended] = self._pool_or[sl]
         info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths}
-        return (_copy(obs) if self.copy else obs), rewards, solved, truncated, info
+        return obs, rewards, solved, truncated, info
 
     def render(self):
         if self.render_mode == "ansi":
