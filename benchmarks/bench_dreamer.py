@@ -105,7 +105,7 @@ def main() -> None:
     result["meta"] = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                       "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                       "threads": args.threads, "argv": sys.argv[1:],
-                      "note": "shared 2-core CPU with other jobs running: numbers are lower bounds"}
+                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

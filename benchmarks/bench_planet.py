@@ -45,6 +45,11 @@ def fake_episodes(agent: PlaNet, obs_shape, dtype, episodes: int = 4, length: in
                                   "is_terminal": np.zeros(length, bool)})
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_calls(fn, repeats: int) -> float:
     fn()  # warm-up
     t0 = time.perf_counter()
@@ -53,37 +58,38 @@ def time_calls(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def speed() -> dict:
+def speed(device: torch.device) -> dict:
     rows = []
     for name, budget in DEFAULT_PLANNERS.items():
-        agent = PlaNet(PENDULUM_OBS, UNIT_ACTION, torch.device("cpu"), world_model=WM, planner=name)
+        agent = PlaNet(PENDULUM_OBS, UNIT_ACTION, device, world_model=WM, planner=name)
         state = {"s": agent.initial_state(1)}
-        obs, first = torch.zeros(1, 3), torch.zeros(1, dtype=torch.bool)
+        obs, first = torch.zeros(1, 3, device=device), torch.zeros(1, dtype=torch.bool, device=device)
 
         def act():
             _, state["s"] = agent.act(obs, state["s"], first, explore=True)
         repeats = 5 if name == "cem" else 20
-        ms = 1000 * time_calls(act, repeats)
+        ms = 1000 * time_calls(lambda: (act(), sync(device)), repeats)
         rows.append({"what": f"plan ms/action ({name}: {budget})", "value": round(ms, 1)})
         print(f"{rows[-1]['what']:<75} {ms:9.1f}", flush=True)
     for label, space, batch, length, repeats in [
             ("updates/s vector obs, batch 50 x 50", PENDULUM_OBS, 50, 50, 10),
             ("updates/s 64x64 images, batch 50 x 50", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 50, 50, 2),
             ("updates/s 64x64 images, batch 16 x 32", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 16, 32, 3)]:
-        agent = PlaNet(space, UNIT_ACTION, torch.device("cpu"), world_model=WM, batch_size=batch, seq_len=length)
+        agent = PlaNet(space, UNIT_ACTION, device, world_model=WM, batch_size=batch, seq_len=length)
         fake_episodes(agent, space.shape, space.dtype)
-        ups = 1.0 / time_calls(agent.update, repeats)
+        ups = 1.0 / time_calls(lambda: (agent.update(), sync(device)), repeats)
         rows.append({"what": label, "value": round(ups, 2)})
         print(f"{label:<75} {ups:9.2f}", flush=True)
     return {"rows": rows}
 
 
-def learn(seed: int, episodes: int, planner: str, action_repeat: int, collect_interval: int, num_envs: int) -> dict:
+def learn(seed: int, episodes: int, planner: str, action_repeat: int, collect_interval: int, num_envs: int,
+          device: torch.device) -> dict:
     torch.manual_seed(seed)
     envs = make_gym_env("Pendulum-v1", num_envs)
-    agent = PlaNet(envs.single_observation_space, envs.single_action_space, torch.device("cpu"), world_model=WM,
+    agent = PlaNet(envs.single_observation_space, envs.single_action_space, device, world_model=WM,
                    planner=planner, action_repeat=action_repeat, collect_interval=collect_interval, seed=seed)
-    collector = Collector(envs, torch.device("cpu"), seed=seed)
+    collector = Collector(envs, device, seed=seed)
     curve, t0 = [], time.perf_counter()
     while collector.episodes < episodes:
         seen = collector.episodes
@@ -111,11 +117,14 @@ def main() -> int:
     parser.add_argument("--collect-interval", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = speed() if args.mode == "speed" else learn(args.seed, args.episodes, args.planner, args.action_repeat,
-                                                        args.collect_interval, args.num_envs)
-    result.update({"mode": args.mode, "machine": platform.processor() or platform.machine(),
+    device = torch.device(args.device)
+    result = speed(device) if args.mode == "speed" else learn(args.seed, args.episodes, args.planner, args.action_repeat,
+                                                              args.collect_interval, args.num_envs, device)
+    result.update({"mode": args.mode, "machine": platform.processor() or platform.machine(), "device": args.device,
+                   "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                    "threads": args.threads, "torch": torch.__version__,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)})
     if args.json:

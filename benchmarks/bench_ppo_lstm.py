@@ -40,7 +40,9 @@ def machine() -> dict:
     except OSError:
         pass
     import os
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "date": dt.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -156,14 +158,14 @@ def bench_sequence(args) -> dict:
 
 # --- throughput: ours vs sb3-contrib RecurrentPPO --------------------------------------------------------
 
-def run_ours(total: int, seed: int, extra=()) -> float:
+def run_ours(total: int, seed: int, device: str = "cpu", extra=()) -> float:
     from cpcrl.collector import Collector
     from cpcrl.train import build_agent, make_env
     cfg = compose(PRESET + [f"train.total_steps={total}", f"seed={seed}", *extra])
     torch.manual_seed(seed)
     envs = make_env(cfg.env)
-    agent = build_agent(cfg, envs, torch.device("cpu"))
-    col = Collector(envs, torch.device("cpu"), seed=seed)
+    agent = build_agent(cfg, envs, torch.device(device))
+    col = Collector(envs, torch.device(device), seed=seed)
     t0 = time.perf_counter()
     while col.env_step < total:
         agent.train_iteration(col)
@@ -172,7 +174,7 @@ def run_ours(total: int, seed: int, extra=()) -> float:
     return sps
 
 
-def run_sb3(total: int, seed: int, cfg) -> float:
+def run_sb3(total: int, seed: int, cfg, device: str = "cpu") -> float:
     import gymnasium as gym
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -197,7 +199,7 @@ def run_sb3(total: int, seed: int, cfg) -> float:
         "MlpLstmPolicy", venv, n_steps=int(a.num_steps), batch_size=int(a.num_steps) * n_envs // int(a.num_minibatches),
         n_epochs=int(a.update_epochs), learning_rate=float(a.lr), gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
         clip_range=float(a.clip_coef), ent_coef=float(a.entropy_coef), vf_coef=float(a.value_coef),
-        max_grad_norm=float(a.max_grad_norm), seed=seed, device="cpu", verbose=0,
+        max_grad_norm=float(a.max_grad_norm), seed=seed, device=device, verbose=0,
         policy_kwargs=dict(features_extractor_class=Encoder, features_extractor_kwargs=dict(features_dim=256),
                            lstm_hidden_size=128, n_lstm_layers=1, shared_lstm=True, enable_critic_lstm=False,
                            net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.ReLU))
@@ -210,16 +212,16 @@ def run_sb3(total: int, seed: int, cfg) -> float:
 
 def bench_throughput(args) -> dict:
     cfg = compose(PRESET)
-    ours = [run_ours(args.steps, s) for s in range(args.runs)]
+    ours = [run_ours(args.steps, s, args.device) for s in range(args.runs)]
     print(f"ours  : {[round(x) for x in ours]} sps")
     try:
-        sb3 = [run_sb3(args.sb3_steps, s, cfg) for s in range(args.runs)]
+        sb3 = [run_sb3(args.sb3_steps, s, cfg, args.device) for s in range(args.runs)]
         print(f"sb3   : {[round(x) for x in sb3]} sps")
     except ImportError as e:
         print(f"sb3-contrib not installed ({e}); `pip install sb3-contrib` to compare")
         sb3 = []
     a = cfg.agent
-    out = {"kind": "throughput", "machine": machine(), "env": "cartpole_pomdp (CartPole-v1, obs [0, 2])",
+    out = {"kind": "throughput", "machine": machine(), "device": args.device, "env": "cartpole_pomdp (CartPole-v1, obs [0, 2])",
            "settings": {"num_envs": int(cfg.env.num_envs), "num_steps": int(a.num_steps),
                         "update_epochs": int(a.update_epochs), "num_minibatches": int(a.num_minibatches),
                         "truncation_length": int(a.truncation_length), "encoder": 256, "lstm_hidden": 128,
@@ -289,6 +291,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="throughput: runs per library (median reported)")
     p.add_argument("--steps", type=int, default=32_768, help="throughput: env steps per run (ours)")
     p.add_argument("--sb3-steps", type=int, default=8_192, help="throughput: env steps per run (sb3-contrib)")
+    p.add_argument("--device", default="cpu", help="throughput: cpu | cuda (both libraries on it)")
+    p.add_argument("--out", type=Path, default=None, help="with --json: write here instead of benchmarks/results/")
     p.add_argument("--seeds", type=int, default=3, help="sample: seeds per case")
     p.add_argument("--episodes", type=int, default=100, help="sample: eval episodes")
     p.add_argument("--pendulum", action="store_true", help="sample: also pendulum_pomdp")
@@ -297,8 +301,8 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {"sequence": bench_sequence, "throughput": bench_throughput, "sample": bench_sample}[args.kind](args)
     if args.json:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"ppo_{args.kind}.json"
+        path = args.out or RESULTS / f"ppo_{args.kind}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
 

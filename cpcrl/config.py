@@ -37,6 +37,9 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(d, int) or d < 0:
             raise ConfigError(f"eval.depths={list(cfg.eval.depths)}: must be non-negative integers")
     check_device(cfg.device)
+    m = cfg.train.get("max_minutes")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0):
+        raise ConfigError(f"train.max_minutes={m!r}: must be a positive number of minutes or null (no limit)")
     k = cfg.eval.get("reset_hidden_every")
     if k is not None and (not isinstance(k, int) or k <= 0):
         raise ConfigError(f"eval.reset_hidden_every={k!r}: must be a positive integer or null")

@@ -141,12 +141,17 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console
     def payload_now() -> dict:
         out = {"agent": agent.checkpoint_state(), "rng": devices.rng_state(), "wandb_id": logger.wandb_id,
                "agent_name": agent.name, "config": OmegaConf.to_yaml(cfg, resolve=True),
-               "counters": {"env_step": collector.env_step, "episodes": collector.episodes, "iteration": iteration}}
+               "counters": {"env_step": collector.env_step, "episodes": collector.episodes, "iteration": iteration,
+                            "wall_s": time.monotonic() - wall0}}
         if hasattr(envs, "get_state"):
             out["env"] = numpy_to_torch(envs.get_state())
         return out
 
     every = lambda n: int(n) if int(n) > 0 else total + 1  # noqa: E731
+    # train.max_minutes: a wall-clock budget across resumes (the time before a resume is in the counters)
+    budget_s = None if cfg.train.get("max_minutes") is None else 60.0 * float(cfg.train.max_minutes)
+    wall0 = time.monotonic() - float(counters.get("wall_s", 0.0))
+    out_of_time = lambda: budget_s is not None and time.monotonic() - wall0 >= budget_s  # noqa: E731
     step0 = collector.env_step
     next_log = step0 + every(cfg.train.log_every)
     next_eval = step0 + every(cfg.eval.every)
@@ -158,7 +163,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console
     try:
         with _progress(console) as progress:
             task = progress.add_task(agent.name, total=total, completed=step0, sps=0, episodes=0, ret="-", solve="-")
-            while collector.env_step < total:
+            while collector.env_step < total and not out_of_time():
                 t0 = time.perf_counter()
                 metrics = agent.train_iteration(collector)
                 train_time += time.perf_counter() - t0
@@ -192,13 +197,16 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console
                         next_ckpt += every(cfg.checkpoint.every)
                 progress.update(task, completed=step)
 
+        if collector.env_step < total:
+            console.print(f"train.max_minutes={cfg.train.max_minutes} reached at env step {collector.env_step:,}")
         sync_eval_depth(envs, eval_envs)
         final = evaluate_all(cfg, agent, eval_envs, int(cfg.eval.episodes), depths=list(cfg.eval.depths))
         logger.log(final, collector.env_step)
         ckpt.save(payload_now(), collector.env_step, periodic=False)
         summary = {"env_step": collector.env_step, "episodes": collector.episodes,
                    "perf/sps": (collector.env_step - step0) / max(train_time, 1e-9),
-                   "time_s": round(time.time() - logger.start, 2), **final}
+                   "time_s": round(time.time() - logger.start, 2),
+                   "stopped_by": "total_steps" if collector.env_step >= total else "max_minutes", **final}
         summary.update({k: v for k, v in collector.episode_metrics().items() if k != "train/episodes"})
         logger.summary(summary)
         write_json(run_dir / "summary.json", summary)

@@ -128,6 +128,16 @@ def test_same_seed_same_metrics(tmp_path):
     assert strip(rows(tmp_path / "a")) == strip(rows(tmp_path / "b"))
 
 
+def test_max_minutes_stops_early_with_final_eval_and_checkpoint(tmp_path):
+    cpcrl(*TINY, "logger=none", "train.total_steps=100000000", "train.max_minutes=0.05", "hydra.run.dir=run",
+          cwd=tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by"] == "max_minutes" and 0 < summary["env_step"] < 100000000
+    assert "eval/solve_rate" in summary and summary["time_s"] < 60
+    payload = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["counters"]["env_step"] == summary["env_step"] and payload["counters"]["wall_s"] >= 3.0
+
+
 def test_multirun_sweep_makes_one_dir_per_job(tmp_path):
     cpcrl("-m", *TINY, "logger=none", "eval.every=0", "seed=0,1", cwd=tmp_path)
     summaries = sorted((tmp_path / "outputs" / "multirun").rglob("summary.json"))

@@ -52,6 +52,8 @@ def test_pomdp_presets_drop_velocities():
     ("mode=fit", "mode='fit': valid are train, eval"),
     ("eval.episodes=0", "eval.episodes=0: must be a positive integer"),
     ("mode=eval", "mode=eval needs a checkpoint"),
+    ("train.max_minutes=0", "train.max_minutes=0: must be a positive number of minutes or null"),
+    ("train.max_minutes=soon", "train.max_minutes='soon': must be a positive number"),
 ])
 def test_validate_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
