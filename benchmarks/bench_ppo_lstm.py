@@ -6,7 +6,7 @@
 
 `throughput` needs the benchmark-only peers: `pip install sb3-contrib` (never a runtime dependency).
 Everything runs with one torch thread (the nets are small; more threads only contend on a shared machine).
-`--json` writes benchmarks/results/ppo_<kind>.json.
+`--json [PATH]` writes the result to PATH (default benchmarks/results/ppo_<kind>.json); the kind defaults to throughput.
 """
 
 from __future__ import annotations
@@ -285,14 +285,14 @@ def bench_sample(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["sequence", "throughput", "sample"])
-    p.add_argument("--json", action="store_true", help="write benchmarks/results/ppo_<kind>.json")
+    p.add_argument("kind", nargs="?", default="throughput", choices=["sequence", "throughput", "sample"])
+    p.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
+                   help="write the result (to PATH, default benchmarks/results/ppo_<kind>.json)")
     p.add_argument("--repeats", type=int, default=30, help="sequence: timed repeats")
     p.add_argument("--runs", type=int, default=3, help="throughput: runs per library (median reported)")
     p.add_argument("--steps", type=int, default=32_768, help="throughput: env steps per run (ours)")
     p.add_argument("--sb3-steps", type=int, default=8_192, help="throughput: env steps per run (sb3-contrib)")
     p.add_argument("--device", default="cpu", help="throughput: cpu | cuda (both libraries on it)")
-    p.add_argument("--out", type=Path, default=None, help="with --json: write here instead of benchmarks/results/")
     p.add_argument("--seeds", type=int, default=3, help="sample: seeds per case")
     p.add_argument("--episodes", type=int, default=100, help="sample: eval episodes")
     p.add_argument("--pendulum", action="store_true", help="sample: also pendulum_pomdp")
@@ -300,8 +300,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     result = {"sequence": bench_sequence, "throughput": bench_throughput, "sample": bench_sample}[args.kind](args)
-    if args.json:
-        path = args.out or RESULTS / f"ppo_{args.kind}.json"
+    if args.json is not None:
+        path = Path(args.json) if args.json else RESULTS / f"ppo_{args.kind}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
