@@ -58,6 +58,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_info import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHEEPRL_ALGO = {"xs": "dreamer_v3_XS", "s": "dreamer_v3_S"}
 BATCH, SEQ, HORIZON, PREFILL, NUM_ENVS = 16, 64, 15, 1100, 4
@@ -265,14 +267,7 @@ def run_worker(python: str, side: str, size: str, warmup: int, updates: int, tim
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         load = os.getloadavg()
     except OSError:

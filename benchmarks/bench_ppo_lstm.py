@@ -25,21 +25,16 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from machine_info import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
+
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESET = ["experiment=ppo_cartpole_pomdp", "logger=none", "device=cpu", "device.threads=1"]
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
