@@ -29,7 +29,11 @@ Sizes. S: ours `size=s` (deter 512, units 512, 2 layers, 32 x 32 latents) agains
 units 128, 2 layers, 16 x 16 latents) against sheeprl `dreamer_v3_XS` (recurrent 256, dense 256, 1 MLP layer,
 32 x 32): NOT the same network; the nearest preset of each. The JSON records each side's dims and parameter counts.
 Other differences that remain at matched sizes: ours uses ELU (our world-model config's activation), sheeprl SiLU;
-ours updates actor and critic with one backward pass of their summed losses, sheeprl with two.
+ours updates actor and critic with one backward pass of their summed losses, sheeprl with two; ours reuses the
+imagination's actor pass and one critic pass for the REINFORCE losses (sheeprl runs both again); ours runs with the
+CLI's `device=cpu` setup, which includes `device.keep_freed_memory` (glibc malloc keeps freed blocks instead of
+page-faulting them in again). `--sheeprl-keep-freed-memory` gives sheeprl the same malloc setting (as glibc
+environment variables) to show the ratio with the allocator factored out.
 
 Setup (sheeprl in its own venv, never in the project's: its dependencies pin other pillow/opencv etc.; torch first,
 the CPU build, so that pip does not pull a CUDA torch):
@@ -92,8 +96,10 @@ def worker_ours(size: str, warmup: int, updates: int) -> dict:
 
     from cpcrl.agents.dreamer import DEFAULT_SIZES, Dreamer
     from cpcrl.collector import Collector
+    from cpcrl.device import make_device
     from cpcrl.envs.factory import make_gym_env
 
+    make_device(OmegaConf.load(ROOT / "conf" / "device" / "cpu.yaml"))  # as `cpcrl device=cpu` sets torch up
     torch.manual_seed(0)
     envs = make_gym_env("CartPole-v1", NUM_ENVS)
     wm = OmegaConf.load(ROOT / "conf" / "world_model" / "rssm_discrete.yaml")
@@ -251,9 +257,14 @@ def worker_sheeprl(size: str, warmup: int, updates: int) -> dict:
 
 # --- driver -------------------------------------------------------------------------------------------------------
 
-def run_worker(python: str, side: str, size: str, warmup: int, updates: int, timeout: float) -> dict:
+# what `cpcrl.device.keep_freed_memory` sets through mallopt, as glibc environment variables for the peer
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def run_worker(python: str, side: str, size: str, warmup: int, updates: int, timeout: float,
+               extra_env: dict | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT) if side == "ours" else "", "PYTHONWARNINGS": "ignore"}
+           "PYTHONPATH": str(ROOT) if side == "ours" else "", "PYTHONWARNINGS": "ignore", **(extra_env or {})}
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--size", size, "--warmup", str(warmup),
            "--updates", str(updates)]
     t0 = time.time()
@@ -288,6 +299,9 @@ def main() -> None:
     parser.add_argument("--ours-python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--sheeprl-python", default="/tmp/sheeprl-venv/bin/python")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker process, seconds")
+    parser.add_argument("--sheeprl-keep-freed-memory", action="store_true",
+                        help="give sheeprl the malloc setting that `cpcrl device=cpu` applies to itself "
+                             "(device.keep_freed_memory), to compare the two with the allocator factored out")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -303,13 +317,17 @@ def main() -> None:
     pythons = {"ours": args.ours_python, "sheeprl": args.sheeprl_python}
     started = time.time()
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-            "argv": sys.argv[1:], "pythons": pythons}
+            "argv": sys.argv[1:], "pythons": pythons,
+            "allocator": {"ours": "device.keep_freed_memory=true (the default)",
+                          "sheeprl": "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^31-1" if args.sheeprl_keep_freed_memory
+                          else "glibc default"}}
     runs = {size: {"ours": [], "sheeprl": []} for size in args.sizes}
     for r in range(args.rounds):
         for size in args.sizes:
             updates = args.updates_xs if size == "xs" else args.updates_s
             for side in (("ours", "sheeprl") if r % 2 == 0 else ("sheeprl", "ours")):
-                row = run_worker(pythons[side], side, size, args.warmup, updates, args.timeout)
+                extra = KEEP_FREED_MEMORY_ENV if side == "sheeprl" and args.sheeprl_keep_freed_memory else None
+                row = run_worker(pythons[side], side, size, args.warmup, updates, args.timeout, extra)
                 row["round"] = r
                 runs[size][side].append(row)
                 print(f"round {r} {size:>2} {side:<7} {row['updates_per_s']:.3f} updates/s "

@@ -5,7 +5,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from cpcrl.agents.cpc_rl import CPCRL
 from cpcrl.collector import Collector
+from cpcrl.envs.factory import make_gym_env
 from cpcrl.envs.tmaze import TMazeEnv
 from cpcrl.errors import ConfigError
 from cpcrl.train import build_agent, make_env
@@ -99,3 +101,10 @@ def test_tmaze_rewards_only_the_remembered_turn():
         assert term and r == pytest.approx(-1.0 - 0.01)
     _, _, _, trunc, _ = [env.reset(seed=0), *[env.step(1) for _ in range(8)]][-1]
     assert trunc  # turning in the corridor forever ends by truncation
+
+
+def test_separate_critic_lstm_is_rejected_for_one_shared_belief():
+    envs = make_gym_env("CartPole-v1", 2)
+    with pytest.raises(ConfigError, match="agent.separate_critic_lstm must be false"):
+        CPCRL(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
+              world_model={"name": "lstm", "hidden": 8, "lstm_hidden": 8, "num_layers": 1}, separate_critic_lstm=True)

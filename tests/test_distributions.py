@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cpcrl.nets.distributions import (
-    MaskedCategorical, TanhNormal, TwoHotDist, diag_normal, straight_through_onehot, symexp, symlog,
+    MaskedCategorical, TanhNormal, TwoHotDist, diag_normal, sample_index, straight_through_onehot, symexp, symlog,
     twohot_bins, twohot_encode, unimix_logits,
 )
 
@@ -142,6 +142,15 @@ def test_uniform_logits_decode_to_exactly_zero(num_bins):
 
 
 # --- straight-through one-hot ------------------------------------------------------------------------------
+
+def test_sample_index_draws_each_class_with_its_probability():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    draws = sample_index(probs.expand(200_000, 2, 5).contiguous())
+    freq = torch.stack([torch.bincount(draws[:, i], minlength=5) for i in range(2)]).float() / len(draws)
+    torch.testing.assert_close(freq, probs, rtol=0, atol=5e-3)  # 4+ standard errors at p = 0.5
+    assert freq[0, 1] == 0 and freq[0, 4] == 0  # zero-probability classes (masked actions) never drawn
+
 
 def test_straight_through_onehot_forward_and_gradient():
     torch.manual_seed(0)

@@ -116,11 +116,15 @@ def test_imagination_starts_from_posterior_states_and_reads_no_observation(versi
     monkeypatch.setattr(agent.rssm.post_net, "forward", no_observations)
     monkeypatch.setattr(agent.replay, "sample", no_observations)
     start = map_state(lambda x: x.detach().flatten(0, 1), post)
-    states, actions = agent.imagine(start)
-    assert states["deter"].shape[:2] == (agent.horizon + 1, agent.batch_size * agent.seq_len)
+    features, actions, actor_out = agent.imagine(start)
+    assert features.shape == (agent.horizon + 1, agent.batch_size * agent.seq_len, agent.rssm.feature_dim)
     assert actions.shape == (agent.horizon, agent.batch_size * agent.seq_len, agent.action_dim)
-    for k in post:
-        assert torch.equal(states[k][0], post[k].flatten(0, 1))
+    assert torch.equal(features[0], agent.rssm.features(start))
+    if version == "v1":  # backprop through the dynamics: the actor is re-read from the features for the loss
+        assert actor_out is None and features.requires_grad
+    else:  # REINFORCE: no graph through the dynamics, and the kept actor pass is actor(sg(f_k)) with its grad
+        assert not features.requires_grad and actor_out.requires_grad
+        torch.testing.assert_close(actor_out, agent.actor.net(features[:-1]), rtol=0, atol=1e-6)
     agent.behaviour_loss(post)  # the whole actor-critic loss, too
 
 

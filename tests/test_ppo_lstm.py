@@ -81,13 +81,15 @@ def _agent(envs, **kw):
     return PPOLSTM(envs.single_observation_space, envs.single_action_space, CPU, **args)
 
 
-@pytest.mark.parametrize("env_id,observe", [("CartPole-v1", [0, 2]), ("Pendulum-v1", [0, 1])])
-def test_chunks_from_stored_states_replay_rollout_exactly(env_id, observe):
+@pytest.mark.parametrize("env_id,observe,separate", [("CartPole-v1", [0, 2], False), ("Pendulum-v1", [0, 1], False),
+                                                     ("Pendulum-v1", [0, 1], True)])
+def test_chunks_from_stored_states_replay_rollout_exactly(env_id, observe, separate):
     """Before any update, the truncated-BPTT chunks restarted from stored states give the rollout's log-probs
     and values. Short episodes (max 10 steps) put resets inside chunks; the second rollout starts from a
-    carried, non-zero state."""
+    carried, non-zero state. `separate`: actor and critic LSTMs, their states stored side by side."""
     envs = make_gym_env(env_id, 4, observe=observe, max_episode_steps=10)
-    agent = _agent(envs)
+    agent = _agent(envs, separate_critic_lstm=separate)
+    assert batch_width(agent) == (2 if separate else 1) * SMALL["lstm_hidden"]
     col = Collector(envs, CPU, seed=0)
     agent.collect(col)  # first rollout: the next one starts from a carried state
     batch = agent.collect(col)
@@ -102,6 +104,25 @@ def test_chunks_from_stored_states_replay_rollout_exactly(env_id, observe):
     with torch.no_grad():
         _, _, v0 = agent.evaluate_chunks(zero, torch.arange(ch["obs"].shape[1]))
     assert (v0 - ch["values"]).abs().max() > 1e-4
+    envs.close()
+
+
+def batch_width(agent):
+    return agent.initial_state(1)[0].shape[-1]
+
+
+def test_separate_critic_lstm_keeps_policy_and_value_gradients_apart():
+    envs = make_gym_env("Pendulum-v1", 4, observe=[0, 1], max_episode_steps=10)
+    agent = _agent(envs, separate_critic_lstm=True)
+    ch = agent.chunks(agent.collect(Collector(envs, CPU, seed=0)))
+    logp, _, value = agent.evaluate_chunks(ch, torch.arange(ch["obs"].shape[1]))
+
+    def grad_sums(loss, module):  # through the concatenated features an unread half gets exact zeros
+        grads = torch.autograd.grad(loss, list(module.parameters()), retain_graph=True, allow_unused=True)
+        return [0.0 if g is None else g.abs().sum().item() for g in grads]
+    assert not any(grad_sums(logp.sum(), agent.belief.critic))  # the policy never reads the critic's memory
+    assert not any(grad_sums(value.sum(), agent.belief.actor))  # nor the value the actor's
+    assert all(grad_sums(logp.sum(), agent.belief.actor)) and all(grad_sums(value.sum(), agent.belief.critic))
     envs.close()
 
 

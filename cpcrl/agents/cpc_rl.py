@@ -32,6 +32,9 @@ class CPCRL(PPOLSTM):
 
     def __init__(self, obs_space, action_space, device, world_model=None, rl_loss: str = "ppo",
                  cpc: dict | None = None, **ppo):
+        if ppo.get("separate_critic_lstm"):
+            raise ConfigError("agent=cpc_rl trains one belief shared by RL and InfoNCE: "
+                              "agent.separate_critic_lstm must be false (valid for agent=ppo_lstm)")
         super().__init__(obs_space, action_space, device, world_model, **ppo)
         cpc = {**CPC_DEFAULTS, **(cpc or {})}
         unknown = set(cpc) - set(CPC_DEFAULTS)

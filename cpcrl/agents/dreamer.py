@@ -34,6 +34,9 @@ One update, time-major `[L, B]` batch, states as in `cpcrl.nets.rssm`:
     critic = mean_k w_k * ( -log p_v(sg(R_k) | sg(f_k)) + slow_reg * -log p_v(sg(slow_v(f_k)) | sg(f_k)) )
   The actor loss trains only the actor (world model and critic are frozen while it is built); the critic
   trains on the same imagined states with stop-gradient features. The slow critic follows by EMA.
+  Under REINFORCE nothing differentiates through the dynamics, so imagination runs without a graph and the
+  actor pass made while imagining (on sg(f_k)) and one critic pass over all H+1 states serve the losses
+  directly: no second pass over the 1024 x 16 imagined states.
 """
 
 from __future__ import annotations
@@ -118,15 +121,23 @@ class ScalarHead(nn.Module):
             nn.init.zeros_(self.net[-1].weight), nn.init.zeros_(self.net[-1].bias)
             self.register_buffer("bins", twohot_bins(255))
 
-    def predict(self, features: Tensor) -> Tensor:
-        out = self.net(features)
+    def forward(self, features: Tensor) -> Tensor:
+        """The raw output (logits or mean), to read with `mean_of` / `nll_of` without a second pass."""
+        return self.net(features)
+
+    def mean_of(self, out: Tensor) -> Tensor:
         return TwoHotDist(out.float(), self.bins).mean if self.twohot else out.squeeze(-1)
 
-    def nll(self, features: Tensor, target: Tensor) -> Tensor:
-        out = self.net(features)
+    def nll_of(self, out: Tensor, target: Tensor) -> Tensor:
         if self.twohot:
             return -TwoHotDist(out.float(), self.bins).log_prob(target)
         return 0.5 * (out.squeeze(-1) - target).pow(2)
+
+    def predict(self, features: Tensor) -> Tensor:
+        return self.mean_of(self(features))
+
+    def nll(self, features: Tensor, target: Tensor) -> Tensor:
+        return self.nll_of(self(features), target)
 
 
 class OneHotPolicy:
@@ -166,7 +177,11 @@ class Actor(nn.Module):
                        layer_norm)
 
     def forward(self, features: Tensor, action_mask: Tensor | None = None):
-        out = self.net(features).float()
+        return self.policy(self.net(features), action_mask)
+
+    def policy(self, out: Tensor, action_mask: Tensor | None = None):
+        """The distribution from the raw output of `net`."""
+        out = out.float()
         if self.discrete:
             log_probs = unimix_logits(out, self.unimix)
             if action_mask is not None:  # acting only: imagination has no masks
@@ -358,12 +373,27 @@ class Dreamer(Agent):
 
     # --- learning behaviour in imagination ------------------------------------------------------------------
 
-    def imagine(self, start: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-        """Roll the policy in the prior from `start` [N] for `horizon` steps. Returns the states of steps 0..H
-        ([H+1, N], step 0 = start) and the actions taken in steps 0..H-1 ([H, N, A]). Reads no observation."""
+    def imagine(self, start: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Roll the policy in the prior from `start` [N] for `horizon` steps, reading no observation. Returns the
+        features of steps 0..H ([H+1, N, F], step 0 = start), the actions taken in steps 0..H-1 ([H, N, A])
+        and, under REINFORCE, the actor's raw outputs for those steps with their gradient ([H, N, .]; None
+        under backprop). Only features are kept: the behaviour losses read nothing else of a state."""
+        outs = []
+
+        def act(features: Tensor) -> Tensor:
+            if self.backprop:  # the gradient flows through the actions and the dynamics
+                return self.actor(features).rsample()
+            with torch.enable_grad():  # REINFORCE: keep this pass (= actor(sg(f_k))) for the loss
+                outs.append(self.actor.net(features))
+            return self.actor.policy(outs[-1].detach()).rsample()
+
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
-            states, actions = self.rssm.imagine(lambda f: self.actor(f).rsample(), start, self.horizon)
-        return {k: torch.cat([start[k][None], v]) for k, v in states.items()}, actions
+            state, features, actions = start, [self.rssm.features(start)], []
+            for _ in range(self.horizon):
+                actions.append(act(features[-1]))
+                state = self.rssm.img_step(state, actions[-1])
+                features.append(self.rssm.features(state))
+        return torch.stack(features), torch.stack(actions), (torch.stack(outs) if outs else None)
 
     def behaviour_loss(self, post: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """-> (actor loss, critic loss, metrics); the formulas are in the module docstring."""
@@ -371,30 +401,36 @@ class Dreamer(Agent):
         if self.imag_starts and self.imag_starts < len(start["deter"]):  # or a random subset (CPU budgets)
             pick = torch.randperm(len(start["deter"]), device=start["deter"].device)[: self.imag_starts]
             start = map_state(lambda x: x[pick], start)
-        with frozen(*self.world_model_modules, self.critic):  # the actor loss trains the actor only
-            states, actions = self.imagine(start)
-            features = self.rssm.features(states)
+        with frozen(*self.world_model_modules):  # the actor loss trains the actor only
+            features, actions, actor_out = self.imagine(start)
             rewards = self.reward_head.predict(features)
             continues = torch.sigmoid(self.continue_head(features).float())
-            values = self.critic.predict(features)
+            if self.backprop:  # values on the differentiable path of the returns, critic frozen
+                with frozen(self.critic):
+                    values = self.critic.predict(features)
+                critic_out = self.critic(features[:-1].detach())
+            else:  # no gradient in the features: one critic pass serves the returns and the critic loss
+                critic_out = self.critic(features)
+                values, critic_out = self.critic.mean_of(critic_out.detach()), critic_out[:-1]
             returns = lambda_returns(rewards, values, continues, self.gamma, self.lam)  # [H, N], states 0..H-1
             weights = imagination_weights(continues, self.gamma)
             scale = self.return_norm(returns)
 
-            policy = self.actor(features[:-1].detach())
             if self.backprop:  # the gradient reaches the actor through rewards, values and the dynamics
+                policy = self.actor(features[:-1].detach())
                 objective = returns / scale
             else:              # REINFORCE with the critic as baseline
+                policy = self.actor.policy(actor_out)  # = actor(sg(f_k)): the pass made while imagining
                 advantage = (returns - values[:-1]) / scale
                 objective = policy.log_prob(actions.detach()) * advantage.detach()
             entropy = policy.entropy()
             actor_loss = -(weights * (objective + self.entropy_coef * entropy)).mean()
 
         value_features, target = features[:-1].detach(), returns.detach()
-        critic_loss = self.critic.nll(value_features, target)
+        critic_loss = self.critic.nll_of(critic_out, target)
         if self.slow_critic is not None:  # pull towards the slow critic: a trust region for the value
-            critic_loss = critic_loss + self.slow_reg * self.critic.nll(
-                value_features, self.slow_critic.predict(value_features).detach())
+            critic_loss = critic_loss + self.slow_reg * self.critic.nll_of(
+                critic_out, self.slow_critic.predict(value_features).detach())
         critic_loss = (weights * critic_loss).mean()
         return actor_loss, critic_loss, {"loss/actor": actor_loss, "loss/critic": critic_loss,
                                          "dreamer/imagined_return": returns.detach().mean(),

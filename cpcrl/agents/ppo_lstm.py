@@ -40,7 +40,7 @@ from cpcrl.agents.base import Agent
 from cpcrl.errors import ConfigError
 from cpcrl.nets.distributions import MaskedCategorical, diag_normal
 from cpcrl.nets.mlp import mlp
-from cpcrl.nets.recurrent import LSTMBelief, MLPBelief
+from cpcrl.nets.recurrent import LSTMBelief, MLPBelief, TwinBelief
 from cpcrl.objectives.returns import gae
 
 
@@ -96,7 +96,7 @@ class PPOLSTM(Agent):
                  clip_value_loss: bool = False, value_coef: float = 0.5, entropy_coef: float = 0.0,
                  max_grad_norm: float = 0.5, target_kl: float | None = None, norm_adv: bool = True,
                  normalize_obs: bool = True, normalize_reward: bool = True, init_log_std: float = 0.0,
-                 head_hidden: int | None = None):
+                 head_hidden: int | None = None, separate_critic_lstm: bool = False):
         super().__init__(obs_space, action_space, device)
         wm = dict(world_model or {})
         wm_name = wm.get("name", "lstm")
@@ -128,11 +128,16 @@ class PPOLSTM(Agent):
         self.target_kl, self.norm_adv = target_kl, norm_adv
 
         sizes = {k: int(wm.get(k, d)) for k, d in (("hidden", 256), ("lstm_hidden", 128), ("num_layers", 1))}
+        belief = LSTMBelief if self.recurrent else MLPBelief
         try:
-            self.belief = (LSTMBelief if self.recurrent else MLPBelief)(self.obs_dim, **sizes)
+            self.belief = belief(self.obs_dim, **sizes)
+            if separate_critic_lstm:  # the critic gets its own encoder + LSTM: features are [actor | critic]
+                self.belief = TwinBelief(self.belief, belief(self.obs_dim, **sizes))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        feat, head = self.belief.feature_dim, int(head_hidden or self.belief.feature_dim // 2)
+        feat = sizes["lstm_hidden"]  # what each head reads: the shared features, or its own half of the twin's
+        self._critic_features = slice(feat, None) if separate_critic_lstm else slice(None)
+        head = int(head_hidden or feat // 2)
         self.actor = mlp(feat, [head], self.action_dim, "relu")
         self.critic = mlp(feat, [head], 1, "relu")
         _init_linear(self.belief.encoder, math.sqrt(2))
@@ -174,13 +179,13 @@ class PPOLSTM(Agent):
         return mask
 
     def dist(self, features: Tensor, mask: Tensor | None = None):
-        out = self.actor(features)
+        out = self.actor(features[..., : self.actor[0].in_features])
         if self.discrete:
             return MaskedCategorical(logits=out, mask=mask, validate_args=False)
         return diag_normal(out, self.log_std.exp().expand_as(out))
 
     def value(self, features: Tensor) -> Tensor:
-        return self.critic(features).squeeze(-1)
+        return self.critic(features[..., self._critic_features]).squeeze(-1)
 
     def env_action(self, action: Tensor) -> Tensor:
         return action if self.discrete else action.clamp(-1.0, 1.0)

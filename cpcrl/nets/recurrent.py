@@ -2,7 +2,7 @@
 
 `LSTMBelief` (seed 004): `Linear(obs, hidden) + ReLU -> LSTM(hidden, lstm_hidden, num_layers)`.
 `MLPBelief` is its feed-forward twin for A/B comparisons: same encoder, an MLP layer in place of the LSTM
-and no state (`None`).
+and no state (`None`). `TwinBelief` puts two of either side by side (separate actor and critic memories).
 
 Reset semantics (both `step` and `sequence`): where `is_first[t, b]` is set, env b's state is zeroed
 *before* step t's observation is processed, so the features at t are exactly those of a fresh sequence
@@ -115,7 +115,7 @@ class MLPBelief(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: int = 256, lstm_hidden: int = 128, num_layers: int = 1):
         super().__init__()
-        self.obs_dim, self.feature_dim = obs_dim, lstm_hidden
+        self.obs_dim, self.hidden, self.feature_dim = obs_dim, hidden, lstm_hidden
         self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU())
         self.body = nn.Sequential(nn.Linear(hidden, lstm_hidden), nn.ReLU())
 
@@ -130,3 +130,54 @@ class MLPBelief(nn.Module):
 
     def recur(self, x: Tensor, state, is_first: Tensor, method: str = "auto"):
         return self.body(x), None
+
+
+class _Concat(nn.Module):
+    def __init__(self, *parts: nn.Module):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([part(x) for part in self.parts], -1)
+
+
+class TwinBelief(nn.Module):
+    """Two beliefs of the same kind side by side, one for the actor and one for the critic (sb3-contrib's
+    default `enable_critic_lstm=True, shared_lstm=False`), so value-loss gradients never shape the policy's
+    memory. Features, encodings and states are the two concatenated on the last dim (`[..., actor | critic]`),
+    so a caller that stores and restarts states treats it exactly like one belief of twice the width."""
+
+    def __init__(self, actor: nn.Module, critic: nn.Module):
+        super().__init__()
+        self.actor, self.critic = actor, critic
+        self.recurrent = actor.recurrent
+        self.hidden, self.feature_dim = actor.hidden, actor.feature_dim + critic.feature_dim
+        self.encoder = _Concat(actor.encoder, critic.encoder)
+
+    def _split_state(self, state):
+        if state is None:
+            return None, None
+        (ha, hc), (ca, cc) = (s.split([self.actor.feature_dim, self.critic.feature_dim], -1) for s in state)
+        return (ha, ca), (hc, cc)
+
+    @staticmethod
+    def _join(a, b):
+        features = torch.cat([a[0], b[0]], -1)
+        state = None if a[1] is None else tuple(torch.cat([sa, sb], -1) for sa, sb in zip(a[1], b[1]))
+        return features, state
+
+    def initial_state(self, batch_size: int, device=None):
+        a, c = self.actor.initial_state(batch_size, device), self.critic.initial_state(batch_size, device)
+        return None if a is None else tuple(torch.cat([sa, sc], -1) for sa, sc in zip(a, c))
+
+    def step(self, obs: Tensor, state, is_first: Tensor):
+        sa, sc = self._split_state(state)
+        return self._join(self.actor.step(obs, sa, is_first), self.critic.step(obs, sc, is_first))
+
+    def sequence(self, obs: Tensor, state, is_first: Tensor, method: str = "auto"):
+        return self.recur(self.encoder(obs), state, is_first, method)
+
+    def recur(self, x: Tensor, state, is_first: Tensor, method: str = "auto"):
+        xa, xc = x.split([self.actor.hidden, self.critic.hidden], -1)
+        sa, sc = self._split_state(state)
+        return self._join(self.actor.recur(xa, sa, is_first, method), self.critic.recur(xc, sc, is_first, method))
