@@ -26,6 +26,8 @@ unclipped sample (the stable-baselines3 way: the PPO ratio stays exact, no tanh 
 
 `world_model=none` or `recurrent=false` swaps the LSTM for an MLP layer (`MLPBelief`): the feed-forward
 ActorCritic of the seed's A/B comparison.
+`separate_critic_lstm=true` gives the critic its own encoder + LSTM (`TwinBelief`, sb3-contrib's default):
+stored states are the two side by side, so rollout storage and chunk restarts are unchanged.
 """
 
 from __future__ import annotations
