@@ -221,3 +221,30 @@ def test_learns_cartpole_pomdp_and_checkpoint_round_trip(tmp_path):
     result = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert result["eval/episodes"] == 20 and result["env_step"] == summary["env_step"]
     assert result["eval/return_mean"] >= 150, result  # same weights and obs-normalisation stats reloaded
+
+
+def test_gsde_noise_is_held_for_sample_freq_steps_and_matches_the_trained_gaussian():
+    envs = make_gym_env("Pendulum-v1", 2, observe=[0, 1])
+    agent = _agent(envs, sde_sample_freq=4, init_log_std=-1.0)
+    assert agent.log_std.shape == (8, 1)  # one log-std per (actor hidden unit, action dim)
+    feats = torch.randn(2, agent.belief.feature_dim)
+    with torch.no_grad():
+        dist = agent.dist(feats)
+        actions = torch.stack([agent.sample(dist, t) for t in range(8)])  # [8, B, 1]
+    assert torch.equal(actions[0], actions[3]) and torch.equal(actions[4], actions[7])  # held for 4 steps
+    assert not torch.equal(actions[3], actions[4])                                      # then redrawn
+    # over many draws of theta, an action is distributed as the Gaussian whose log-prob PPO trains
+    feats = feats[:1].expand(40_000, -1)
+    with torch.no_grad():
+        dist = agent.dist(feats)
+        draws = agent.sample(dist, 0)
+    torch.testing.assert_close(draws.mean(0), dist.mean[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(draws.std(0), dist.stddev[0], atol=0.02, rtol=0.02)
+    envs.close()
+
+
+def test_gsde_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="agent.sde_sample_freq=0: must be a positive integer"):
+        _agent(make_gym_env("Pendulum-v1", 1), sde_sample_freq=0)
+    with pytest.raises(ConfigError, match="needs a continuous"):
+        _agent(make_gym_env("CartPole-v1", 1), sde_sample_freq=4)

@@ -28,6 +28,8 @@ unclipped sample (the stable-baselines3 way: the PPO ratio stays exact, no tanh 
 ActorCritic of the seed's A/B comparison.
 `separate_critic_lstm=true` gives the critic its own encoder + LSTM (`TwinBelief`, sb3-contrib's default):
 stored states are the two side by side, so rollout storage and chunk restarts are unchanged.
+`sde_sample_freq=k` (continuous actions) explores with gSDE: the noise is `latent @ theta`, theta ~ N(0, std^2)
+per env redrawn every k rollout steps, and PPO trains the per-step marginal N(mean, latent^2 @ std^2).
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class PPOLSTM(Agent):
                  clip_value_loss: bool = False, value_coef: float = 0.5, entropy_coef: float = 0.0,
                  max_grad_norm: float = 0.5, target_kl: float | None = None, norm_adv: bool = True,
                  normalize_obs: bool = True, normalize_reward: bool = True, init_log_std: float = 0.0,
-                 head_hidden: int | None = None, separate_critic_lstm: bool = False):
+                 head_hidden: int | None = None, separate_critic_lstm: bool = False,
+                 sde_sample_freq: int | None = None):
         super().__init__(obs_space, action_space, device)
         wm = dict(world_model or {})
         wm_name = wm.get("name", "lstm")
@@ -121,6 +124,12 @@ class PPOLSTM(Agent):
                               "must be positive")
         if target_kl is not None and target_kl <= 0:
             raise ConfigError(f"agent.target_kl={target_kl}: must be positive or null")
+        if sde_sample_freq is not None and (not isinstance(sde_sample_freq, int) or isinstance(sde_sample_freq, bool)
+                                            or sde_sample_freq <= 0):
+            raise ConfigError(f"agent.sde_sample_freq={sde_sample_freq!r}: must be a positive integer (steps between "
+                              "gSDE noise draws) or null (plain Gaussian)")
+        if sde_sample_freq is not None and self.discrete:
+            raise ConfigError("agent.sde_sample_freq (gSDE) needs a continuous (Box) action space; set it to null")
 
         self.recurrent = bool(recurrent) and wm_name == "lstm"
         self.total_steps, self.num_steps, self.truncation_length = total_steps, num_steps, truncation_length
@@ -146,7 +155,10 @@ class PPOLSTM(Agent):
         _init_linear(self.actor, math.sqrt(2)), _init_linear(self.critic, math.sqrt(2))
         nn.init.orthogonal_(self.actor[-1].weight, 0.01)
         nn.init.orthogonal_(self.critic[-1].weight, 1.0)
-        if not self.discrete:
+        self.sde_sample_freq = sde_sample_freq
+        if self.sde_sample_freq:  # gSDE: one log-std per (actor hidden unit, action dim)
+            self.log_std = nn.Parameter(torch.full((head, self.action_dim), float(init_log_std)))
+        elif not self.discrete:
             self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std)))
         self.obs_norm = RunningNorm(self.obs_dim) if normalize_obs else None
         # rewards divided by the running std of the discounted return (VecNormalize / gym NormalizeReward)
@@ -181,10 +193,35 @@ class PPOLSTM(Agent):
         return mask
 
     def dist(self, features: Tensor, mask: Tensor | None = None):
-        out = self.actor(features[..., : self.actor[0].in_features])
+        features = features[..., : self.actor[0].in_features]
+        if self.sde_sample_freq:
+            # gSDE (Raffin et al. 2022): the action noise is latent @ theta with theta ~ N(0, std^2) held for
+            # sde_sample_freq steps, so at each step a ~ N(mean, (latent^2) @ std^2) given the (detached) latent
+            latent = self.actor[:-1](features)
+            variance = latent.detach().pow(2) @ self.log_std.exp().pow(2)
+            dist = diag_normal(self.actor[-1](latent), (variance + 1e-6).sqrt())
+            dist.sde_latent = latent.detach()
+            return dist
+        out = self.actor(features)
         if self.discrete:
             return MaskedCategorical(logits=out, mask=mask, validate_args=False)
         return diag_normal(out, self.log_std.exp().expand_as(out))
+
+    def sample_sde_noise(self, batch_size: int) -> None:
+        """Draw each env's exploration matrix theta ~ N(0, std^2): [B, head, action_dim]."""
+        std = self.log_std.detach().exp()
+        self._sde_theta = std * torch.randn(batch_size, *std.shape, device=std.device)
+
+    def sample(self, dist, step: int):
+        """An exploring action: plain sampling, or under gSDE mean + latent @ theta (theta redrawn every
+        sde_sample_freq steps of the rollout)."""
+        if not self.sde_sample_freq:
+            return dist.sample()
+        batch = dist.sde_latent.shape[0]
+        if step % self.sde_sample_freq == 0 or getattr(self, "_sde_theta", None) is None or \
+                self._sde_theta.shape[0] != batch:
+            self.sample_sde_noise(batch)
+        return dist.mean + (dist.sde_latent.unsqueeze(1) @ self._sde_theta).squeeze(1)
 
     def value(self, features: Tensor) -> Tensor:
         return self.critic(features[..., self._critic_features]).squeeze(-1)
@@ -200,7 +237,7 @@ class PPOLSTM(Agent):
             state = self.initial_state(obs.shape[0])
         feats, state = self.belief.step(self._norm(obs), state, is_first)
         dist = self.dist(feats, self._check_mask(action_mask))
-        action = dist.sample() if explore else dist.mode
+        action = self.sample(dist, 0) if explore else dist.mode
         return self.env_action(action), state
 
     # --- training ------------------------------------------------------------------------------------------
@@ -244,7 +281,7 @@ class PPOLSTM(Agent):
                 h_buf[t], c_buf[t] = state
             feats, state = self.belief.step(obs, state, is_first)
             dist = self.dist(feats, mask)
-            action = dist.sample()
+            action = self.sample(dist, t)
             obs_buf[t], act_buf[t], first_buf[t] = obs, action, is_first
             logp_buf[t], val_buf[t] = dist.log_prob(action), self.value(feats)
             step = collector.step(self.env_action(action))
