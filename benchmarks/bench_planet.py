@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--planner", default="cem", choices=list(DEFAULT_PLANNERS))
-    parser.add_argument("--action-repeat", type=int, default=2)
+    parser.add_argument("--action-repeat", type=int, default=4)  # as experiment=planet_pendulum
     parser.add_argument("--collect-interval", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
