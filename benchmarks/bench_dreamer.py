@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from cpcrl.agents.dreamer import Dreamer
 from cpcrl.collector import Collector
+from cpcrl.device import make_device
 from cpcrl.envs.factory import make_gym_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,9 @@ def speed_row(version: str, size: str, env_id: str, updates: int, device: str, p
 
 
 def speed(args) -> dict:
-    torch.set_num_threads(args.threads)
+    # torch set up as `cpcrl device=<device> device.threads=<threads>` does (incl. device.keep_freed_memory)
+    make_device(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "device" / f"{args.device}.yaml"),
+                                {"threads": args.threads, "precision": args.precision}))
     rows = []
     for size in args.sizes:
         for version, env_id in (("v3", "CartPole-v1"), ("v1", "Pendulum-v1")):
