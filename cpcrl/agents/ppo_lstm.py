@@ -155,7 +155,7 @@ class PPOLSTM(Agent):
         _init_linear(self.actor, math.sqrt(2)), _init_linear(self.critic, math.sqrt(2))
         nn.init.orthogonal_(self.actor[-1].weight, 0.01)
         nn.init.orthogonal_(self.critic[-1].weight, 1.0)
-        self.sde_sample_freq = sde_sample_freq
+        self.sde_sample_freq, self._sde_theta = sde_sample_freq, None
         if self.sde_sample_freq:  # gSDE: one log-std per (actor hidden unit, action dim)
             self.log_std = nn.Parameter(torch.full((head, self.action_dim), float(init_log_std)))
         elif not self.discrete:
@@ -218,8 +218,7 @@ class PPOLSTM(Agent):
         if not self.sde_sample_freq:
             return dist.sample()
         batch = dist.sde_latent.shape[0]
-        if step % self.sde_sample_freq == 0 or getattr(self, "_sde_theta", None) is None or \
-                self._sde_theta.shape[0] != batch:
+        if step % self.sde_sample_freq == 0 or self._sde_theta is None or self._sde_theta.shape[0] != batch:
             self.sample_sde_noise(batch)
         return dist.mean + (dist.sde_latent.unsqueeze(1) @ self._sde_theta).squeeze(1)
 
