@@ -10,7 +10,7 @@ ARGS ?=
 
 .PHONY: install run test test-slow bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile cpcrl/envs/_cube_step.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing below resolves to a CUDA build

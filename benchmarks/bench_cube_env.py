@@ -29,6 +29,9 @@ PLAN = [
     ("Cube2x2VectorEnv", 4096, 200),
     ("Cube2x2VectorEnv(copy=False)", 64, 3000),
     ("Cube2x2VectorEnv(copy=False)", 4096, 200),
+    ("Cube2x2VectorEnv(numpy step)", 1, 4000),
+    ("Cube2x2VectorEnv(numpy step)", 64, 3000),
+    ("Cube2x2VectorEnv(numpy step)", 4096, 200),
     ("SyncVectorEnv(Cube2x2Env)", 1, 4000),
     ("SyncVectorEnv(Cube2x2Env)", 64, 150),
 ]
@@ -36,7 +39,12 @@ PLAN = [
 
 def make(kind: str, n: int, env_kwargs: dict):
     if kind.startswith("Cube2x2VectorEnv"):
-        return Cube2x2VectorEnv(num_envs=n, copy="copy=False" not in kind, **env_kwargs)
+        env = Cube2x2VectorEnv(num_envs=n, copy="copy=False" not in kind, **env_kwargs)
+        if "numpy" in kind:  # the fallback where the C step was not built
+            env._kernel = None
+        elif env._kernel is None:
+            sys.exit("the C step (cpcrl/envs/_cube_step.c) is not built: reinstall with a C compiler (make install)")
+        return env
     return SyncVectorEnv(
         [lambda: Cube2x2Env(**env_kwargs) for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP
     )

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cpcrl.device import check_device
 from cpcrl.errors import ConfigError
 
 MODES = ("train", "eval")
+DIRNAME_LIMIT = 120
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's dir name from its overrides, cut past DIRNAME_LIMIT chars and made unique by a hash of the
+    whole: an Optuna trial's eight float overrides alone exceed the 255-byte limit on a file name."""
+    if len(name) <= DIRNAME_LIMIT:
+        return name
+    return f"{name[: DIRNAME_LIMIT - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+# Used by hydra.sweep.subdir in conf/config.yaml; registered on import, before anything composes the config.
+OmegaConf.register_new_resolver("cpcrl.short_dirname", short_dirname, replace=True)
 
 
 def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -175,6 +176,12 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import cpcrl; print(cpcrl.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(site))  # the installed copy, not the checkout
+    if shutil.which("cc") or shutil.which("gcc"):  # the C step is built into the wheel and used from it
+        assert any(n.startswith("cpcrl/envs/_cube_step") and n.endswith((".so", ".pyd")) for n in names)
+        probe = "from cpcrl.envs import cube2x2 as c; print(c._cube_step.__file__)"
+        kernel = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                check=True).stdout
+        assert kernel.startswith(str(site))
     run = subprocess.run([sys.executable, "-m", "cpcrl", *TINY, "logger=none", "eval.every=0", "hydra.run.dir=r"],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -9,6 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import cpcrl.envs  # noqa: F401  (registers cpcrl/Cube2x2-v0)
+from cpcrl.envs import cube2x2
 from cpcrl.envs.cube2x2 import (
     INVERSE_MOVE,
     MOVE_NAMES,
@@ -35,6 +36,16 @@ def run(state, *names):
 
 def face(state, f):
     return state[4 * f : 4 * f + 4]
+
+
+@pytest.fixture(params=["c", "numpy"])
+def step_path(request, monkeypatch):
+    """Runs a vector-env test with the C step (_cube_step.c) and again with the numpy path it must equal."""
+    if request.param == "numpy":
+        monkeypatch.setattr(cube2x2, "_cube_step", None)
+    elif cube2x2._cube_step is None:
+        pytest.skip("the C step was not built (no C compiler at install time)")
+    return request.param
 
 
 @pytest.fixture
@@ -290,7 +301,7 @@ def test_bad_kwargs(kwargs, match):
             Cube2x2Env(**kwargs)
 
 
-def test_bad_actions():
+def test_bad_actions(step_path):
     env, twin = Cube2x2VectorEnv(num_envs=2), Cube2x2VectorEnv(num_envs=2)
     env.reset(seed=0)
     twin.reset(seed=0)
@@ -330,7 +341,7 @@ def test_vector_spaces():
     assert info["_final_obs"].dtype == bool and info["scramble_depth"].dtype.kind == "i"
 
 
-def test_vector_equals_single_envs():
+def test_vector_equals_single_envs(step_path):
     n, steps = 16, 120
     rng = np.random.default_rng(7)
     start, first = scramble(rng, np.full(n, 1), return_moves=True)
@@ -361,7 +372,7 @@ def test_vector_equals_single_envs():
 
 
 @pytest.mark.parametrize("n,copy", [(1, True), (64, True), (64, False)])
-def test_vector_obs_tracks_states_and_history(n, copy):
+def test_vector_obs_tracks_states_and_history(n, copy, step_path):
     # The env never encodes from (states, history) itself; check it against encode_obs after many steps with
     # solves, truncations and autoresets, and check the terminal obs and solved flags against the states.
     rng = np.random.default_rng(n)
@@ -391,7 +402,7 @@ def test_vector_obs_tracks_states_and_history(n, copy):
     assert finished > 20 * n
 
 
-def test_vector_matches_recorded_run():
+def test_vector_matches_recorded_run(step_path):
     # Outputs of fixed-seed runs, with and without a curriculum, recorded with the implementation before the
     # step was optimised (commit 5da050c): the optimised env must produce exactly the same episodes.
     h = hashlib.sha256()
@@ -415,7 +426,7 @@ def test_vector_matches_recorded_run():
     assert h.hexdigest() == "47ee6cd60171604a9880b805fbb05e7c292dbf7c76853865b4df326946acb7d5"
 
 
-def test_vector_solved_flag_matches_is_solved():
+def test_vector_solved_flag_matches_is_solved(step_path):
     # The vector env detects solves with its own byte trick; check it on cubes one move from solved,
     # from a whole-cube rotation of solved (U+ D-), and from random states.
     rng = np.random.default_rng(4)
@@ -432,7 +443,7 @@ def test_vector_solved_flag_matches_is_solved():
     assert term[:200].all() and np.array_equal(info["solved"], term)
 
 
-def test_vector_reset_options():
+def test_vector_reset_options(step_path):
     vec = Cube2x2VectorEnv(num_envs=3, scramble_depth=2)
     _, info = vec.reset(seed=0, options={"scramble_depth": 6})
     assert info["scramble_depth"].tolist() == [6, 6, 6] and not is_solved(vec.states).any()
@@ -446,7 +457,7 @@ def test_vector_reset_options():
     assert len(frames) == 2 and all(sum(ch in "WYORGB" for ch in f) == 24 for f in frames)
 
 
-def test_vector_autoreset_same_step():
+def test_vector_autoreset_same_step(step_path):
     vec = Cube2x2VectorEnv(num_envs=3, scramble_depth=4, solve_bonus=10.0)
     start = np.stack([run(SOLVED, "U+"), run(SOLVED, "U+"), run(SOLVED, "F+")])
     vec.reset(seed=0, options={"states": start})
@@ -466,7 +477,7 @@ def test_vector_autoreset_same_step():
     assert info["scramble_depth"].tolist() == [4, -1, 4]
 
 
-def test_vector_truncation_and_reward_dtype():
+def test_vector_truncation_and_reward_dtype(step_path):
     vec = Cube2x2VectorEnv(num_envs=2, max_steps=2, scramble_depth=3)
     start = run(SOLVED, "R+", "F+", "U+")
     vec.reset(seed=0, options={"states": np.stack([start, start])})
@@ -476,7 +487,7 @@ def test_vector_truncation_and_reward_dtype():
     assert rew.dtype == np.float32
 
 
-def test_vector_seeding_reproducible():
+def test_vector_seeding_reproducible(step_path):
     def roll(seed):
         vec = Cube2x2VectorEnv(num_envs=8, scramble_depth=6, max_steps=3)
         out = [vec.reset(seed=seed)[0]]
@@ -489,7 +500,7 @@ def test_vector_seeding_reproducible():
     assert not np.array_equal(roll(1), roll(2))
 
 
-def test_copy_false_gives_same_values():
+def test_copy_false_gives_same_values(step_path):
     fast, ref = Cube2x2VectorEnv(num_envs=4, max_steps=3, copy=False), Cube2x2VectorEnv(num_envs=4, max_steps=3)
     assert np.array_equal(fast.reset(seed=0)[0], ref.reset(seed=0)[0])
     rng = np.random.default_rng(0)
@@ -529,7 +540,7 @@ def test_curriculum_raises_after_threshold():
     assert (info["scramble_depth"] == 3).all()
 
 
-def test_curriculum_tiny_run():
+def test_curriculum_tiny_run(step_path):
     # A scripted agent that solves depth-1 cubes (it tries all 12 moves): the depth goes up once a full
     # window of episodes has finished, all solved.
     vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, window=8, max_depth=5))
@@ -567,7 +578,7 @@ def test_set_scramble_depth_disables_curriculum():
     assert (info["scramble_depth"] == 7).all()
 
 
-def test_get_set_state_roundtrip():
+def test_get_set_state_roundtrip(step_path):
     a = Cube2x2VectorEnv(num_envs=6, curriculum=dict(CUR, spread=1, max_depth=9), max_steps=3)
     a.reset(seed=11)
     rng = np.random.default_rng(0)
@@ -586,3 +597,33 @@ def test_get_set_state_roundtrip():
         act = rng.integers(12, size=6)
         ra, rb = a.step(act), b.step(act)
         assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[4]["scramble_depth"], rb[4]["scramble_depth"])
+
+
+def test_c_step_is_built_where_a_compiler_exists():
+    import shutil
+    import sysconfig
+
+    if not (shutil.which(sysconfig.get_config_var("CC").split()[0]) or shutil.which("cc")):
+        pytest.skip("no C compiler here: the numpy path is the only one")
+    assert cube2x2._cube_step is not None, "a C compiler exists but cpcrl/envs/_cube_step.c was not built"
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_c_step_equals_numpy_step_with_curriculum(copy):
+    if cube2x2._cube_step is None:
+        pytest.skip("the C step was not built (no C compiler at install time)")
+    kwargs = dict(num_envs=37, scramble_depth=3, max_steps=7, copy=copy, curriculum=dict(window=50, threshold=0.05))
+    fast, ref = Cube2x2VectorEnv(**kwargs), Cube2x2VectorEnv(**kwargs)
+    ref._kernel = None
+    for env in (fast, ref):
+        env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for t in range(1500):
+        a = rng.integers(12, size=37)
+        mine, want = fast.step(a), ref.step(a)
+        for x, y in zip(mine[:4], want[:4]):
+            assert x.dtype == y.dtype and np.array_equal(x, y), t
+        assert mine[4].keys() == want[4].keys()
+        for key in want[4]:
+            assert np.array_equal(mine[4][key], want[4][key]), (t, key)
+    assert fast.curriculum_depth == ref.curriculum_depth > 3  # the curriculum moved, identically

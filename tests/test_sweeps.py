@@ -107,3 +107,13 @@ def test_report_pushes_table_and_plot_to_wandb(tmp_path):
     assert wb["run"]["job_type"] == "report"
     logged = {k for row in wb["history"] for k in row}
     assert any(k.startswith("report/table") for k in logged) and any(k.startswith("report/curves") for k in logged)
+
+
+def test_sweep_job_dir_names_stay_below_the_file_name_limit():
+    from cpcrl.config import DIRNAME_LIMIT, short_dirname
+
+    assert short_dirname("agent.lr=0.001,seed=1") == "agent.lr=0.001,seed=1"  # short names are kept as they are
+    trial = ",".join(f"agent.p{i}=0.971952540157093" for i in range(8))  # an Optuna trial's overrides: 191 chars
+    a, b = short_dirname(trial), short_dirname(trial.replace("p7=0.97", "p7=0.96"))
+    assert len(a) == len(b) == DIRNAME_LIMIT and a[:100] == trial[:100]
+    assert a != b  # the hash keeps trials that differ only past the cut apart

@@ -468,6 +468,14 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
 # ------------------------------------------------------------------------------------------ vector env
 
 
+try:  # the optional C step (_cube_step.c); without a C compiler at install time the numpy path runs
+    from cpcrl.envs import _cube_step
+except ImportError:
+    _cube_step = None
+else:
+    _cube_step.configure(MOVE_PERMS.astype(np.uint8), _FACE_FIRST.astype(np.uint8), int(_ACTION_CODE[0]),
+                         int(_NO_ACTION_CODE))
+
 _ZERO = np.zeros((), dtype=np.float32)  # 0-d arrays as ufunc operands: a Python or numpy scalar costs ~0.5 us more
 
 
@@ -544,6 +552,8 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         self._now = np.zeros((), dtype=np.int64)
         self._last_start = np.zeros((), dtype=np.int64)
         self._reward_table = np.array([-1.0, -1.0 + self.solve_bonus], dtype=np.float32)  # indexed by solved
+        self._win = float(self._reward_table[1])
+        self._kernel = _cube_step
 
         # At small N the number of numpy calls, not their size, is the cost of a step, so one gather builds each
         # whole new row from the previous one: the stickers move, the history codes shift by one slot, the head
@@ -617,6 +627,47 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
             a = a.astype(np.int64)
         if a.shape != (n,):
             raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
+        if self._kernel is not None:
+            final, obs, rewards, solved, truncated, done, n_ended = self._advance_kernel(a)
+        else:
+            final, obs, rewards, solved, truncated, done, n_ended = self._advance_numpy(a)
+        depths = self._depths.copy()
+        ended = done.nonzero()[0] if n_ended != 0 else ()  # the kernel counts them; None: not counted
+        if len(ended):
+            if self._curriculum_on:
+                self._record_outcomes(solved[ended])
+            sl = self._next_scrambles(len(ended))
+            self._bufs[self._cur].heads[ended] = self._pool_h[sl]
+            self._depths[ended] = self._pool_d[sl]
+            self._start[ended] = self._now
+            obs.view(_OBS_ROW)[:, 0][ended] = self._pool_or[sl]
+        info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths}
+        return obs, rewards, solved, truncated, info
+
+    def _tick(self) -> int:
+        self._t = t = self._t + 1
+        self._now[()], self._last_start[()] = t, t - self.max_steps
+        return t
+
+    def _advance_kernel(self, a: np.ndarray):
+        """The step before autoresets, by the C kernel (_cube_step.c): same results as ``_advance_numpy``."""
+        n, cur = self.num_envs, self._cur ^ 1
+        final = np.empty((n, OBS_DIM), dtype=np.float32)
+        obs = np.empty_like(final) if self.copy else self._obs
+        rewards = np.empty(n, dtype=np.float32)
+        solved, truncated, done = np.empty(n, dtype=bool), np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        ended = self._kernel.step(a, self._bufs[self._cur].rows, self._bufs[cur].rows, self._start,
+                                  self._t + 1 - self.max_steps, -1.0, self._win, final, obs, rewards, solved, truncated,
+                                  done)
+        if ended < 0:
+            raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
+        self._cur = cur
+        self._tick()
+        return final, obs, rewards, solved, truncated, done, ended
+
+    def _advance_numpy(self, a: np.ndarray):
+        """The step before autoresets: new rows, observations, rewards and flags (the kernel's reference)."""
+        n = self.num_envs
         # Range check without a reduction: table row a + 1, clipped, is a poison row for an invalid action (the
         # largest int64 wraps around), and its head code makes the observation lookup raise. The new rows go to
         # the spare buffer, so nothing is committed before that.
@@ -632,26 +683,13 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         self._cur = cur
         final = final.reshape(n, OBS_DIM)
         solved = stickers == faces
-
-        self._t = t = self._t + 1
-        self._now[()], self._last_start[()] = t, t - self.max_steps
+        self._tick()
         timeout = self._start <= self._last_start
         truncated = timeout > solved  # a solving step is not also truncated
         done = timeout | solved
         rewards = self._reward_table.take(solved)
-        depths = self._depths.copy()
         obs = _copy(final, None if self.copy else self._obs)
-        ended = done.nonzero()[0]
-        if len(ended):
-            if self._curriculum_on:
-                self._record_outcomes(solved[ended])
-            sl = self._next_scrambles(len(ended))
-            heads[ended] = self._pool_h[sl]
-            self._depths[ended] = self._pool_d[sl]
-            self._start[ended] = self._now
-            obs.view(_OBS_ROW)[:, 0][ended] = self._pool_or[sl]
-        info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths}
-        return obs, rewards, solved, truncated, info
+        return final, obs, rewards, solved, truncated, done, None
 
     def render(self):
         if self.render_mode == "ansi":
