@@ -343,7 +343,7 @@ class _DepthSchedule:
 
     def _fill_pool(self, depths: np.ndarray, states: np.ndarray) -> None:
         self._pool_d, self._pool_s, self._pool_i = np.asarray(depths, dtype=np.int64), states, 0
-        heads = _first_heads(states)
+        self._pool_hb = heads = _first_heads(states)
         self._pool_o = _encode_heads(heads)
         # Whole heads and observations as single items, which the vector env's resets write cheaply.
         self._pool_h, self._pool_or = heads.view(_HEAD)[:, 0], self._pool_o.view(_OBS_ROW)[:, 0]
@@ -473,8 +473,7 @@ try:  # the optional C step (_cube_step.c); without a C compiler at install time
 except ImportError:
     _cube_step = None
 else:
-    _cube_step.configure(MOVE_PERMS.astype(np.uint8), _FACE_FIRST.astype(np.uint8), int(_ACTION_CODE[0]),
-                         int(_NO_ACTION_CODE))
+    _cube_step.configure(MOVE_PERMS.astype(np.uint8), int(_ACTION_CODE[0]), int(_NO_ACTION_CODE))
 
 _ZERO = np.zeros((), dtype=np.float32)  # 0-d arrays as ufunc operands: a Python or numpy scalar costs ~0.5 us more
 
@@ -628,11 +627,10 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         if a.shape != (n,):
             raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
         if self._kernel is not None:
-            final, obs, rewards, solved, truncated, done, n_ended = self._advance_kernel(a)
+            final, obs, rewards, solved, truncated, done, depths, to_reset = self._advance_kernel(a)
         else:
-            final, obs, rewards, solved, truncated, done, n_ended = self._advance_numpy(a)
-        depths = self._depths.copy()
-        ended = done.nonzero()[0] if n_ended != 0 else ()  # the kernel counts them; None: not counted
+            final, obs, rewards, solved, truncated, done, depths, to_reset = self._advance_numpy(a)
+        ended = done.nonzero()[0] if to_reset != 0 else ()  # None: not counted (numpy path)
         if len(ended):
             if self._curriculum_on:
                 self._record_outcomes(solved[ended])
@@ -650,20 +648,25 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         return t
 
     def _advance_kernel(self, a: np.ndarray):
-        """The step before autoresets, by the C kernel (_cube_step.c): same results as ``_advance_numpy``."""
+        """The step by the C kernel (_cube_step.c), with the autoresets when the pool holds enough scrambles and no
+        curriculum has to see the outcomes first; returns how many resets are left to ``step`` (0 or None: none)."""
         n, cur = self.num_envs, self._cur ^ 1
         final = np.empty((n, OBS_DIM), dtype=np.float32)
         obs = np.empty_like(final) if self.copy else self._obs
-        rewards = np.empty(n, dtype=np.float32)
+        rewards, depths = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64)
         solved, truncated, done = np.empty(n, dtype=bool), np.empty(n, dtype=bool), np.empty(n, dtype=bool)
-        ended = self._kernel.step(a, self._bufs[self._cur].rows, self._bufs[cur].rows, self._start,
-                                  self._t + 1 - self.max_steps, -1.0, self._win, final, obs, rewards, solved, truncated,
-                                  done)
-        if ended < 0:
+        pool = None if self._curriculum_on else self._pool_hb
+        k = self._kernel.step(a, self._bufs[self._cur].rows, self._bufs[cur].rows, self._start, self._depths, depths,
+                              final, obs, rewards, solved, truncated, done, self._t + 1, self.max_steps, -1.0,
+                              self._win, pool, self._pool_o, self._pool_d, self._pool_i)
+        if k == -1:
             raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
         self._cur = cur
         self._tick()
-        return final, obs, rewards, solved, truncated, done, ended
+        if k >= 0:
+            self._pool_i += k
+            return final, obs, rewards, solved, truncated, done, depths, 0
+        return final, obs, rewards, solved, truncated, done, depths, -2 - k
 
     def _advance_numpy(self, a: np.ndarray):
         """The step before autoresets: new rows, observations, rewards and flags (the kernel's reference)."""
@@ -689,7 +692,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         done = timeout | solved
         rewards = self._reward_table.take(solved)
         obs = _copy(final, None if self.copy else self._obs)
-        return final, obs, rewards, solved, truncated, done, None
+        return final, obs, rewards, solved, truncated, done, self._depths.copy(), None
 
     def render(self):
         if self.render_mode == "ansi":
