@@ -18,7 +18,7 @@
 #define OBS_DIM 192
 
 static uint8_t perms[N_MOVES][24];  /* perms[a][j]: source sticker of sticker j after move a */
-static uint16_t action_code0, no_action_code;
+static uint16_t action_code0;  /* history code of action 0; the no-action code is outside the 12 */
 static int configured = 0;
 
 static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t len, int writable, const char *name) {
@@ -32,31 +32,34 @@ static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t len, int writab
     return 0;
 }
 
-/* configure(perms: uint8[12*24], action_code0: int, no_action_code: int) */
+/* configure(perms: uint8[12*24], action_code0: int) */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "configure takes 3 arguments");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "configure takes 2 arguments");
         return NULL;
     }
     Py_buffer p;
     if (get_buffer(args[0], &p, N_MOVES * 24, 0, "perms") < 0) return NULL;
     memcpy(perms, p.buf, sizeof perms);
     PyBuffer_Release(&p);
-    long code0 = PyLong_AsLong(args[1]), none = PyLong_AsLong(args[2]);
+    long code0 = PyLong_AsLong(args[1]);
     if (PyErr_Occurred()) return NULL;
     action_code0 = (uint16_t)code0;
-    no_action_code = (uint16_t)none;
     configured = 1;
     Py_RETURN_NONE;
 }
 
+/* The observation of a row (the numpy path's _OBS_TABLE lookup). Out-of-range colours or codes write nothing: a
+ * bad state can then give a wrong observation but never a write outside the row. */
 static void encode(const uint8_t *row, float *out) {
     memset(out, 0, OBS_DIM * sizeof(float));
-    for (int j = 0; j < 24; j++) out[6 * j + row[j]] = 1.0f;
+    for (int j = 0; j < 24; j++)
+        if (row[j] < 6) out[6 * j + row[j]] = 1.0f;
     for (int k = 0; k < 4; k++) {
         uint16_t code;
         memcpy(&code, row + 24 + 2 * k, 2);
-        if (code != no_action_code) out[144 + N_MOVES * k + (code - action_code0)] = 1.0f;
+        const unsigned a = (unsigned)code - action_code0;
+        if (a < N_MOVES) out[144 + N_MOVES * k + a] = 1.0f;
     }
 }
 
@@ -178,6 +181,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cube_step", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cube_step", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cube_step(void) { return PyModule_Create(&module); }

@@ -342,7 +342,7 @@ class _DepthSchedule:
         self._fill_pool(np.zeros(0, dtype=np.int64), np.zeros((0, 24), dtype=np.uint8))
 
     def _fill_pool(self, depths: np.ndarray, states: np.ndarray) -> None:
-        self._pool_d, self._pool_s, self._pool_i = np.asarray(depths, dtype=np.int64), states, 0
+        self._pool_d, self._pool_s, self._pool_i = np.ascontiguousarray(depths, dtype=np.int64), states, 0
         self._pool_hb = heads = _first_heads(states)
         self._pool_o = _encode_heads(heads)
         # Whole heads and observations as single items, which the vector env's resets write cheaply.
@@ -389,7 +389,10 @@ class _DepthSchedule:
         rng = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
         rng.bit_generator.state = state["rng"]
         self.np_random = rng
-        self._fill_pool(state["pool_depths"], np.asarray(state["pool_states"], dtype=np.uint8).reshape(-1, 24))
+        states = np.asarray(state["pool_states"], dtype=np.uint8).reshape(-1, 24)
+        if states.size and states.max() > 5:
+            raise ValueError("set_state: pool_states has colours outside 0..5")
+        self._fill_pool(state["pool_depths"], states)
 
 
 # ------------------------------------------------------------------------------------------ single env
@@ -473,7 +476,7 @@ try:  # the optional C step (_cube_step.c); without a C compiler at install time
 except ImportError:
     _cube_step = None
 else:
-    _cube_step.configure(MOVE_PERMS.astype(np.uint8), int(_ACTION_CODE[0]), int(_NO_ACTION_CODE))
+    _cube_step.configure(MOVE_PERMS.astype(np.uint8), int(_ACTION_CODE[0]))
 
 _ZERO = np.zeros((), dtype=np.float32)  # 0-d arrays as ufunc operands: a Python or numpy scalar costs ~0.5 us more
 
