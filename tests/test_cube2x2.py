@@ -597,7 +597,7 @@ def test_get_set_state_roundtrip(step_path):
         act = rng.integers(12, size=6)
         ra, rb = a.step(act), b.step(act)
         assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[4]["scramble_depth"], rb[4]["scramble_depth"])
-    bad = dict(saved, pool_states=np.full_like(saved["pool_states"], 6))  # e.g. a corrupted checkpoint
+    bad = dict(saved, pool_states=np.full((3, 24), 6, np.uint8), pool_depths=np.ones(3, np.int64))  # corrupted
     with pytest.raises(ValueError, match="colours outside 0..5"):
         b.set_state(bad)
 
