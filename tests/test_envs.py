@@ -74,3 +74,23 @@ def test_unit_actions_map_to_env_bounds():
     assert env.action(np.array([-1.0])).tolist() == [-2.0]
     assert env.action(np.array([0.5])).tolist() == [1.0]
     assert env.action(np.array([3.0])).tolist() == [2.0]  # clipped, not extrapolated
+
+
+def test_prev_action_is_appended_and_cleared_at_reset():
+    env = env_from("env=pendulum_pomdp", "env.num_envs=2", "env.prev_action=true")
+    assert env.single_observation_space.shape == (3,)
+    obs, _ = env.reset(seed=0)
+    assert obs[:, 2].tolist() == [0.0, 0.0]
+    obs, *_ = env.step(np.array([[0.5], [-2.0]], dtype=np.float32))
+    assert obs[:, 2].tolist() == [0.5, -1.0]  # the agent's action, clipped to its [-1, 1] space
+    cart = env_from("env=cartpole", "env.num_envs=3", "env.prev_action=true")
+    cart.reset(seed=0)
+    for _ in range(200):  # pushing left: episodes end, and a reset clears the one-hot
+        obs, _, term, trunc, info = cart.step(np.zeros(3, dtype=np.int64))
+        if (term | trunc).any():
+            break
+    done = term | trunc
+    assert obs[done, 4:].sum() == 0 and (obs[~done, 4:] == [1, 0]).all()
+    assert (info["final_obs"][done, 4:] == [1, 0]).all()
+    with pytest.raises(ConfigError, match="prev_action and env.pixels exclude each other"):
+        env_from("env=pendulum", "env.pixels=true", "env.prev_action=true")

@@ -58,3 +58,41 @@ class UnitActions(gym.ActionWrapper):
     def action(self, action):
         unit = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         return self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
+
+
+class PrevActionObs(gym.Wrapper):
+    """Append the agent's previous action to a flat observation: the action as given (Box, in the agent's [-1, 1])
+    or one-hot (Discrete), zeros right after a reset. A common input of recurrent agents on POMDPs (e.g. Ni et
+    al. 2022, "Recurrent model-free RL can be a strong baseline for many POMDPs"): the belief then sees what
+    pushed the system, not only where it went."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space, act = env.observation_space, env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"env.prev_action needs a flat Box observation, {env.spec.id if env.spec else env} has {space}")
+        if isinstance(act, gym.spaces.Discrete):
+            self.width, low, high = int(act.n), np.zeros(int(act.n)), np.ones(int(act.n))
+        else:
+            self.width, low, high = int(np.prod(act.shape)), act.low.reshape(-1), act.high.reshape(-1)
+        self.observation_space = gym.spaces.Box(np.concatenate([space.low, low]).astype(space.dtype),
+                                                np.concatenate([space.high, high]).astype(space.dtype),
+                                                dtype=space.dtype)
+
+    def _with(self, obs, action):
+        extra = np.zeros(self.width, dtype=self.observation_space.dtype)
+        if action is not None:
+            if isinstance(self.action_space, gym.spaces.Discrete):
+                extra[int(action)] = 1.0
+            else:
+                extra[:] = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), self.action_space.low.reshape(-1),
+                                   self.action_space.high.reshape(-1))
+        return np.concatenate([obs, extra]).astype(self.observation_space.dtype, copy=False)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._with(obs, None), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._with(obs, action), reward, terminated, truncated, info
