@@ -63,8 +63,10 @@ class Collector:
         action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
         obs, reward, terminated, truncated, info = self.envs.step(action)
         done = terminated | truncated
+        # under env.action_repeat a step is several env steps: budgets and lengths count env steps
+        env_steps = info.get("env_steps")
         self.episode_return += reward
-        self.episode_length += 1
+        self.episode_length += 1 if env_steps is None else env_steps
         if done.any():
             self.returns.extend(self.episode_return[done].tolist())
             self.lengths.extend(self.episode_length[done].tolist())
@@ -77,7 +79,7 @@ class Collector:
         step = Step(self.obs, action, reward, terminated, truncated, info["final_obs"], self.is_first,
                     self.action_mask)
         self.obs, self.is_first, self.action_mask = obs, done, info.get("action_mask")
-        self.env_step += self.num_envs
+        self.env_step += self.num_envs if env_steps is None else int(env_steps.sum())
         return step
 
     def episode_metrics(self) -> dict[str, float]:
@@ -114,7 +116,7 @@ def evaluate(agent, envs, episodes: int, greedy: bool = True, prefix: str = "eva
                                       explore=not greedy)
             obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             ret += reward * active
-            length += active
+            length += active * info.get("env_steps", 1)  # env steps, also under env.action_repeat
             if "solved" in info:
                 has_solved = True
                 solved |= info["solved"] & active

@@ -94,3 +94,39 @@ def test_prev_action_is_appended_and_cleared_at_reset():
     assert (info["final_obs"][done, 4:] == [1, 0]).all()
     with pytest.raises(ConfigError, match="prev_action and env.pixels exclude each other"):
         env_from("env=pendulum", "env.pixels=true", "env.prev_action=true")
+
+
+def test_action_repeat_holds_actions_sums_rewards_and_counts_env_steps():
+    import torch
+
+    from cpcrl.collector import Collector
+
+    fine = env_from("env=pendulum_pomdp", "env.num_envs=2")
+    coarse = env_from("env=pendulum_pomdp", "env.num_envs=2", "env.action_repeat=3")
+    fine.reset(seed=5)
+    coarse.reset(seed=5)
+    rng = np.random.default_rng(0)
+    total_fine, total_coarse = np.zeros(2), np.zeros(2)
+    for k in range(67):  # 200 env steps = 66 agent steps of 3 and a last one of 2, cut by the time limit
+        a = rng.uniform(-1, 1, size=(2, 1)).astype(np.float32)
+        obs_c, r_c, term_c, trunc_c, info = coarse.step(a)
+        held = 3 if k < 66 else 2
+        assert info["env_steps"].tolist() == [held, held]
+        r_sum = np.zeros(2)
+        for _ in range(held):
+            obs_f, r_f, term_f, trunc_f, info_f = fine.step(a)
+            r_sum += r_f
+        np.testing.assert_allclose(r_c, r_sum, rtol=1e-5)
+        np.testing.assert_allclose(info["final_obs"], info_f["final_obs"], rtol=1e-6)
+        assert trunc_c.tolist() == trunc_f.tolist() == [k == 66] * 2
+        total_fine += r_sum
+        total_coarse += r_c
+    np.testing.assert_allclose(total_coarse, total_fine, rtol=1e-5)
+    collector = Collector(env_from("env=pendulum_pomdp", "env.num_envs=2", "env.action_repeat=3"),
+                          torch.device("cpu"), seed=0)
+    for _ in range(67):
+        collector.step(np.zeros((2, 1), dtype=np.float32))
+    assert collector.env_step == 400  # budgets count env steps, not agent steps
+    assert collector.episode_metrics()["train/episode_length"] == 200
+    with pytest.raises(ConfigError, match="env.action_repeat=0 is invalid: expected an int >= 1"):
+        env_from("env=pendulum", "env.action_repeat=0")

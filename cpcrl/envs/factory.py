@@ -13,7 +13,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from cpcrl.envs.cube2x2 import Cube2x2VectorEnv
-from cpcrl.envs.wrappers import DenseFinalObs, ObserveIndices, PrevActionObs, UnitActions
+from cpcrl.envs.wrappers import ActionRepeat, DenseFinalObs, ObserveIndices, PrevActionObs, UnitActions
 
 
 def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
@@ -27,7 +27,7 @@ def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonu
 
 def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=None,
                  max_episode_steps: int | None = None, kwargs: dict | None = None, pixels: bool = False,
-                 prev_action: bool = False, name: str | None = None) -> gym.vector.VectorEnv:
+                 prev_action: bool = False, action_repeat: int = 1, name: str | None = None) -> gym.vector.VectorEnv:
     if num_envs <= 0:
         raise ValueError(f"env.num_envs must be a positive integer, got {num_envs}")
     if vectorization not in ("sync", "async"):
@@ -50,6 +50,8 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
             raise ValueError("env.observe and env.pixels exclude each other")
         wrappers.append(PixelObs)
         kwargs = {**(kwargs or {}), "render_mode": "rgb_array"}
+    if action_repeat != 1:
+        wrappers.append(lambda e: ActionRepeat(e, action_repeat))
     if prev_action:  # outermost: it sees the action as the agent gave it
         if pixels:
             raise ValueError("env.prev_action and env.pixels exclude each other (frames are not flat vectors)")

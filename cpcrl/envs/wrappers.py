@@ -40,6 +40,11 @@ class DenseFinalObs(VectorWrapper):
             for i in np.flatnonzero(info["_final_obs"]):
                 final[i] = info["final_obs"][i]
         info["final_obs"], info["_final_obs"] = final, done
+        last = info.get("final_info", {})
+        if "env_steps" in last:  # ActionRepeat: a finished env's count is in the info of its last step
+            steps = np.array(info.get("env_steps", np.zeros(len(done), dtype=np.int64)), dtype=np.int64)
+            steps[last["_env_steps"]] = last["env_steps"][last["_env_steps"]]
+            info["env_steps"] = steps
         return obs, reward.astype(np.float32), terminated, truncated, info
 
 
@@ -96,3 +101,24 @@ class PrevActionObs(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self._with(obs, action), reward, terminated, truncated, info
+
+
+class ActionRepeat(gym.Wrapper):
+    """Hold each action for `repeat` env steps (fewer if the episode ends first), summing the rewards: the control
+    rate of PlaNet/Dreamer-style benchmarks. `info["env_steps"]` says how many env steps the call took, so env
+    steps, not decisions, are what training budgets count."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ValueError(f"env.action_repeat={repeat!r} is invalid: expected an int >= 1")
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for k in range(1, self.repeat + 1):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, {**info, "env_steps": k}
