@@ -645,10 +645,9 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths}
         return obs, rewards, solved, truncated, info
 
-    def _tick(self) -> int:
+    def _tick(self) -> None:
         self._t = t = self._t + 1
         self._now[()], self._last_start[()] = t, t - self.max_steps
-        return t
 
     def _advance_kernel(self, a: np.ndarray):
         """The step by the C kernel (_cube_step.c), with the autoresets when the pool holds enough scrambles and no
@@ -680,7 +679,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         idx = self._table.take(np.add(a, self._one, out=self._sel), axis=0, out=self._idx, mode="clip")
         idx += self._off
         cur = self._cur ^ 1
-        src, rows, codes, heads, stickers, faces = self._bufs[cur]
+        src, rows, codes, _, stickers, faces = self._bufs[cur]
         src.take(idx, out=rows, mode="clip")  # in range; "raise" would buffer
         try:
             final = _OBS_TABLE.take(codes, axis=0)  # a new array: copy=True needs no copy of it
