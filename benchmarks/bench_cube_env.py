@@ -100,7 +100,8 @@ def main() -> None:
         row = dict(env=kind, num_envs=n, steps_per_s=statistics.median(wall), steps_per_s_cpu=statistics.median(cpu))
         rows.append(dict(row, runs_wall=wall, runs_cpu=cpu))
         spread = f"({min(wall):,.0f}..{max(wall):,.0f})"
-        print(f"{kind:28s} {n:5d} {row['steps_per_s']:14,.0f} {spread:>25s} {row['steps_per_s_cpu']:14,.0f}", flush=True)
+        print(f"{kind:28s} {n:5d} {row['steps_per_s']:14,.0f} {spread:>25s} {row['steps_per_s_cpu']:14,.0f}",
+              flush=True)
 
     def ratio(key: str) -> float:
         rate = {(r["env"], r["num_envs"]): r[key] for r in rows}

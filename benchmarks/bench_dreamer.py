@@ -1,6 +1,7 @@
 """Dreamer: update throughput at each size, and the learning targets through the real CLI.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_dreamer.py speed --sizes xs s --json benchmarks/results/dreamer_throughput.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_dreamer.py speed --sizes xs s \\
+        --json benchmarks/results/dreamer_throughput.json
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dreamer.py learn --experiment dreamer_v3_cartpole --seed 0 \\
         --json benchmarks/results/dreamer_v3_cartpole_seed0.json
 

@@ -177,8 +177,6 @@ def worker_sheeprl(size: str, warmup: int, updates: int) -> dict:
     import sheeprl
     import torch
     from lightning.fabric import Fabric
-    from torch.distributions import Distribution
-
     from sheeprl.algos.dreamer_v2.utils import sample_batches
     from sheeprl.algos.dreamer_v3 import utils as dv3_utils
     from sheeprl.algos.dreamer_v3.agent import build_agent
@@ -188,6 +186,7 @@ def worker_sheeprl(size: str, warmup: int, updates: int) -> dict:
     from sheeprl.utils.env import make_env
     from sheeprl.utils.metric import MetricAggregator
     from sheeprl.utils.timer import timer
+    from torch.distributions import Distribution
 
     cfg, overrides = _sheeprl_cfg(size)
     # what `sheeprl.cli.run_algorithm` does before launching the algorithm
@@ -319,8 +318,8 @@ def main() -> None:
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
             "argv": sys.argv[1:], "pythons": pythons,
             "allocator": {"ours": "device.keep_freed_memory=true (the default)",
-                          "sheeprl": "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^31-1" if args.sheeprl_keep_freed_memory
-                          else "glibc default"}}
+                          "sheeprl": "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^31-1"
+                          if args.sheeprl_keep_freed_memory else "glibc default"}}
     runs = {size: {"ours": [], "sheeprl": []} for size in args.sizes}
     for r in range(args.rounds):
         for size in args.sizes:

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,7 +96,8 @@ def learn(seed: int, episodes: int, planner: str, action_repeat: int, collect_in
         new = list(collector.returns)[-(collector.episodes - seen):] if collector.episodes > seen else []
         curve += [round(float(r), 1) for r in new]
         print(f"episodes {collector.episodes:3d}  last return {np.mean(new):8.1f}  loss/model "
-              f"{metrics['loss/model']:8.3f}  kl_raw {metrics['wm/kl_raw']:.2f}  plan {metrics['perf/plan_ms']:.0f} ms  "
+              f"{metrics['loss/model']:8.3f}  kl_raw {metrics['wm/kl_raw']:.2f}  "
+              f"plan {metrics['perf/plan_ms']:.0f} ms  "
               f"upd/s {metrics['perf/updates_per_s']:.1f}  {time.perf_counter() - t0:6.0f}s", flush=True)
     last10 = float(np.mean(curve[-10:]))
     return {"seed": seed, "planner": planner, "action_repeat": action_repeat, "collect_interval": collect_interval,
@@ -121,8 +121,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result = speed(device) if args.mode == "speed" else learn(args.seed, args.episodes, args.planner, args.action_repeat,
-                                                              args.collect_interval, args.num_envs, device)
+    result = speed(device) if args.mode == "speed" else learn(args.seed, args.episodes, args.planner,
+                                                              args.action_repeat, args.collect_interval,
+                                                              args.num_envs, device)
     result.update({"mode": args.mode, "machine": platform.processor() or platform.machine(), "device": args.device,
                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                    "threads": args.threads, "torch": torch.__version__,

@@ -170,7 +170,6 @@ def run_ours(total: int, seed: int, device: str = "cpu", extra=()) -> float:
 
 
 def run_sb3(total: int, seed: int, cfg, device: str = "cpu") -> float:
-    import gymnasium as gym
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -216,7 +215,8 @@ def bench_throughput(args) -> dict:
         print(f"sb3-contrib not installed ({e}); `pip install sb3-contrib` to compare")
         sb3 = []
     a = cfg.agent
-    out = {"kind": "throughput", "machine": machine(), "device": args.device, "env": "cartpole_pomdp (CartPole-v1, obs [0, 2])",
+    out = {"kind": "throughput", "machine": machine(), "device": args.device,
+           "env": "cartpole_pomdp (CartPole-v1, obs [0, 2])",
            "settings": {"num_envs": int(cfg.env.num_envs), "num_steps": int(a.num_steps),
                         "update_epochs": int(a.update_epochs), "num_minibatches": int(a.num_minibatches),
                         "truncation_length": int(a.truncation_length), "encoder": 256, "lstm_hidden": 128,

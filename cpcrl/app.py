@@ -14,8 +14,8 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
@@ -99,7 +99,8 @@ def _compose_checks(args: list[str]) -> None:
     for o in parsed:
         if o.is_sweep_override() and not o.is_hydra_override():
             key = o.get_key_element()
-            others = [p.input_line if not p.is_sweep_override() else f"{p.get_key_element()}={next(p.sweep_string_iterator())}"
+            others = [p.input_line if not p.is_sweep_override()
+                      else f"{p.get_key_element()}={next(p.sweep_string_iterator())}"
                       for p in parsed if p is not o and not p.is_hydra_override()]
             variants += [others + [f"{key}={v}"] for v in o.sweep_string_iterator()]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -115,7 +116,8 @@ def _name_the_run(cfg: DictConfig) -> None:
         return
     hc = HydraConfig.get()
     with open_dict(cfg):
-        cfg.logger.run_name = cfg.logger.run_name or hc.job.override_dirname or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}"
+        cfg.logger.run_name = (cfg.logger.run_name or hc.job.override_dirname
+                               or f"{cfg.agent.name}_{cfg.env.name}_s{cfg.seed}")
         if not cfg.logger.group:  # an experiment preset names its group; an ad-hoc sweep is its own group
             sweep = hc.mode == RunMode.MULTIRUN and not hc.runtime.choices.get("experiment")
             cfg.logger.group = Path(hc.sweep.dir).name if sweep else cfg.experiment_name

@@ -20,7 +20,8 @@ def check_device(cfg) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible to torch (torch "
                           f"{torch.__version__}); use device=cpu or device=auto, or install a CUDA build "
-                          "with `make TORCH=\"torch==<ver> --index-url https://download.pytorch.org/whl/cu128\" install`")
+                          "with `make TORCH=\"torch==<ver> --index-url https://download.pytorch.org/whl/cu128\" "
+                          "install`")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"device.precision={cfg.precision!r}: valid are fp32, bf16")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads <= 0):

@@ -70,7 +70,8 @@ def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) ->
         base_depth = eval_envs.curriculum_depth
         for d in depths:
             eval_envs.set_scramble_depth(int(d))
-            metrics[f"eval/solve_rate_d{int(d)}"] = evaluate(agent, eval_envs, episodes, cfg.eval.greedy)["eval/solve_rate"]
+            metrics[f"eval/solve_rate_d{int(d)}"] = evaluate(agent, eval_envs, episodes,
+                                                             cfg.eval.greedy)["eval/solve_rate"]
         eval_envs.set_scramble_depth(base_depth)
     return metrics
 
@@ -233,7 +234,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, co
     load_agent_state(agent, payload, cfg.checkpoint.path)
     envs.reset(seed=int(cfg.seed) + 1_000_003)
     if "env" in payload and hasattr(envs, "set_state"):
-        envs.set_state(torch_to_numpy(payload["env"]))  # the depth the run had reached
+        # the depth the run had reached; the scrambles stay this eval's own (seed + 1_000_003), as in train,
+        # not the training env's RNG stream
+        envs.set_state({**torch_to_numpy(payload["env"]), "rng": envs.get_state()["rng"]})
         sync_eval_depth(envs, envs)
     depths = list(cfg.eval.depths) or (list(range(1, 15)) if hasattr(envs, "set_scramble_depth") else [])
     result = evaluate_all(run_cfg, agent, envs, int(cfg.eval.episodes), depths=depths)

@@ -2,8 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from cpcrl.objectives.actor_critic import (ReturnNormalizer, ema_update, imagination_weights, percentile_ema,
-                                           return_scale)
+from cpcrl.objectives.actor_critic import (
+    ReturnNormalizer,
+    ema_update,
+    imagination_weights,
+    percentile_ema,
+    return_scale,
+)
 
 
 def test_percentile_ema_arithmetic_by_hand():

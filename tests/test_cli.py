@@ -2,8 +2,8 @@
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,12 +11,17 @@ import zipfile
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from cpcrl.checkpoint import load_checkpoint
+from cpcrl.collector import evaluate
+from cpcrl.train import build_agent, load_agent_state, make_env
 from cpcrl.wandb_file import read_run
 from tests.conftest import ROOT, cpcrl
 
+EVAL_EPISODES = 40  # enough that two different scramble streams give different eval numbers at depth 1
 TINY = ["agent=reinforce", "env=cube2x2", "device=cpu", "train.total_steps=4096", "train.log_every=1024",
-        "eval.every=2048", "eval.episodes=10", "checkpoint.every=2048", "seed=3"]
+        "eval.every=2048", f"eval.episodes={EVAL_EPISODES}", "checkpoint.every=2048", "seed=3"]
 
 
 def rows(run_dir):
@@ -71,16 +76,73 @@ def test_wandb_offline_run_reads_back(trained):
     assert wb["summary"]["eval/return_mean"] == json.loads((run / "summary.json").read_text())["eval/return_mean"]
 
 
-def test_eval_mode_reports_per_depth_next_to_the_run(trained):
+EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/length_mean", "eval/episodes", "eval/solve_rate")
+
+
+def eval_rows(run_dir):
+    return [r for r in rows(run_dir) if "eval/return_mean" in r]
+
+
+def checkpoint_agent(path):
+    """The agent a checkpoint holds, built from its own config (what mode=eval and resume load)."""
+    payload = load_checkpoint(path)
+    cfg = OmegaConf.create(payload["config"])
+    envs = make_env(cfg.env)
+    agent = build_agent(cfg, envs, torch.device("cpu"))
+    load_agent_state(agent, payload, path)
+    envs.close()
+    return agent, cfg
+
+
+def seeded_eval_envs(cfg, episodes: int):
+    """Eval envs as the run and mode=eval make them: one env per episode (up to eval.num_envs), seed + 1_000_003."""
+    envs = make_env(cfg.env, num_envs=min(int(cfg.eval.num_envs), episodes))
+    envs.reset(seed=int(cfg.seed) + 1_000_003)
+    return envs
+
+
+def test_eval_mode_reproduces_the_runs_eval_and_reports_per_depth(trained):
     cwd, run, _ = trained
-    proc = cpcrl("mode=eval", "checkpoint=run", "eval.episodes=20", "device=cpu", cwd=cwd)
+    periodic = eval_rows(run)[0]  # taken at the step of the periodic checkpoint, before it was written
+    ckpt = run / "checkpoints" / f"step_{periodic['env_step']:012d}.pt"
+    proc = cpcrl("mode=eval", f"checkpoint={ckpt}", "seed=3", f"eval.episodes={EVAL_EPISODES}", "device=cpu", cwd=cwd)
     files = list((run / "eval").glob("*/eval.json"))
     assert len(files) == 1, proc.stdout
     result = json.loads(files[0].read_text())
-    assert result["eval/episodes"] == 20 and "eval/return_std" in result
-    assert [k for k in result if k.startswith("eval/solve_rate_d")] == [f"eval/solve_rate_d{d}" for d in range(1, 15)]
-    assert result["eval/solve_rate_d1"] >= result["eval/solve_rate_d14"]
+    # the run's seed and eval settings on the agent of that step: the very same scrambles and episodes
+    assert {k: result[k] for k in EVAL_KEYS} == {k: periodic[k] for k in EVAL_KEYS}
+    depths = [f"eval/solve_rate_d{d}" for d in range(1, 15)]
+    assert [k for k in result if k.startswith("eval/solve_rate_d")] == depths
+    assert all(result[k] in {i / EVAL_EPISODES for i in range(EVAL_EPISODES + 1)} for k in depths)  # a count / n
     assert "solve_rate_d6" in proc.stdout
+
+    # recomputed here: after the eval at the depth the run had reached, the same envs play n episodes per depth
+    agent, cfg = checkpoint_agent(ckpt)
+    envs = seeded_eval_envs(cfg, EVAL_EPISODES)
+    envs.set_scramble_depth(cfg.env.scramble_depth)
+    evaluate(agent, envs, EVAL_EPISODES, greedy=True)
+    for depth in range(1, 15):
+        envs.set_scramble_depth(depth)
+        solve_rate = evaluate(agent, envs, EVAL_EPISODES, greedy=True)["eval/solve_rate"]
+        assert solve_rate == result[f"eval/solve_rate_d{depth}"], depth
+    envs.close()
+
+
+def test_final_eval_continues_the_periodic_evals_scrambles(trained):
+    """The run evaluates on one env stream seeded once: its final eval plays the scrambles after the periodic
+    eval's, so it equals a fresh eval only after the same periodic eval has been replayed."""
+    _, run, _ = trained
+    periodic, final = eval_rows(run)
+    early, cfg = checkpoint_agent(run / "checkpoints" / f"step_{periodic['env_step']:012d}.pt")
+    last, _ = checkpoint_agent(run / "checkpoints" / "last.pt")
+    envs = seeded_eval_envs(cfg, int(cfg.eval.episodes))
+    for agent, logged in ((early, periodic), (last, final)):
+        envs.set_scramble_depth(cfg.env.scramble_depth)  # the run syncs the eval depth before every eval
+        metrics = evaluate(agent, envs, int(cfg.eval.episodes), greedy=cfg.eval.greedy)
+        assert {k: metrics[k] for k in EVAL_KEYS} == {k: logged[k] for k in EVAL_KEYS}
+    envs.close()
+    summary = json.loads((run / "summary.json").read_text())
+    assert {k: summary[k] for k in EVAL_KEYS} == {k: final[k] for k in EVAL_KEYS}
 
 
 def test_bad_checkpoints_give_one_line(trained, tmp_path):
@@ -95,38 +157,124 @@ def test_bad_checkpoints_give_one_line(trained, tmp_path):
     assert (run / "checkpoints" / "last.pt").exists()  # the run it failed to resume is untouched
 
 
-def test_resume_after_sigkill_repeats_no_step(tmp_path):
-    args = ["agent=reinforce", "env=cube2x2", "env.scramble_depth=3", "device=cpu", "logger=none",
-            "train.total_steps=400000", "train.log_every=4000", "eval.every=0", "eval.episodes=10",
-            "checkpoint.every=30000", "hydra.run.dir=run"]
+def run_until_killed(cwd, args, checkpoints: int = 1, timeout: float = 120) -> dict:
+    """Start a real run in cwd/run and SIGKILL it once `checkpoints` periodic checkpoints exist;
+    -> the last.pt it left behind (written just before the step file: that checkpoint)."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, "-m", "cpcrl", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cpcrl", *args, "hydra.run.dir=run"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while len(list(ckpts.glob("step_*.pt"))) < 2 and time.time() < deadline and proc.poll() is None:
+    ckpts = cwd / "run" / "checkpoints"
+    deadline = time.time() + timeout
+    while len(list(ckpts.glob("step_*.pt"))) < checkpoints and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = torch.load(ckpts / "last.pt", weights_only=True)["counters"]["env_step"]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()}"
+    return torch.load(ckpts / "last.pt", weights_only=True)
+
+
+def assert_resumed_without_repeats(before: list[dict], after: list[dict], saved: int) -> None:
+    """What README promises of a resume: rows up to the saved step kept verbatim, no logged step twice."""
+    kept = [r for r in before if r["env_step"] <= saved]
+    assert after[: len(kept)] == kept
+    train_rows = [r for r in after if "train/iteration" in r]
+    steps = [r["env_step"] for r in train_rows]
+    assert steps == sorted(set(steps)), "a logged step repeats"
+    iterations = [r["train/iteration"] for r in train_rows]
+    assert iterations == sorted(set(iterations)), "the iteration counter restarted"
+
+
+def without_timing(metrics: list[dict]) -> list[dict]:
+    """Rows minus wall-clock time and speeds: what the same seed must reproduce."""
+    return [{k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")} for r in metrics]
+
+
+def test_resume_after_sigkill_repeats_no_step(tmp_path):
+    args = ["agent=reinforce", "env=cube2x2", "env.scramble_depth=3", "device=cpu", "logger=none",
+            "train.total_steps=400000", "train.log_every=4000", "eval.every=0", "eval.episodes=10",
+            "checkpoint.every=30000"]
+    saved = run_until_killed(tmp_path, args, checkpoints=2)["counters"]["env_step"]
     before = rows(tmp_path / "run")
     assert 0 < saved < 400000
 
     out = cpcrl("resume=run", cwd=tmp_path)
     assert f"resumed from env step {saved:,}" in out.stdout
     after = rows(tmp_path / "run")
-    steps = [r["env_step"] for r in after if "train/episode_return" in r]
-    assert steps == sorted(set(steps)), "a logged step repeats"
-    assert after[: len([r for r in before if r["env_step"] <= saved])] == [r for r in before if r["env_step"] <= saved]
-    assert steps[-1] >= 400000 and json.loads((tmp_path / "run" / "summary.json").read_text())["env_step"] >= 400000
+    assert_resumed_without_repeats(before, after, saved)
+    assert after[-1]["env_step"] >= 400000
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_step"] >= 400000
+
+
+# A few seconds of training each; the first periodic checkpoint comes early, so the kill lands mid-run.
+RESUME_COMMON = ["device=cpu", "device.threads=1", "logger=none", "eval.every=0", "eval.episodes=1", "eval.num_envs=1"]
+PPO_TINY = ["env.num_envs=4", "agent.num_steps=16", "agent.truncation_length=8", "agent.update_epochs=2",
+            "agent.num_minibatches=2", "world_model.hidden=16", "world_model.lstm_hidden=16",
+            "train.total_steps=1280", "train.log_every=128", "checkpoint.every=256"]
+RSSM_TINY = ["env=pendulum", "env.num_envs=1", "env.max_episode_steps=20", "agent.batch_size=4", "agent.seq_len=8",
+             "agent.save_replay=true", "world_model.deter=16", "world_model.hidden=16", "world_model.encoder.hidden=16",
+             "world_model.decoder.hidden=16", "world_model.heads.hidden=16"]
+RESUMABLE = {
+    "ppo_lstm": ["agent=ppo_lstm", "env=cartpole", *PPO_TINY],
+    "cpc_rl": ["agent=cpc_rl", "env=cartpole_pomdp", "agent.cpc.horizon=2", *PPO_TINY],
+    "planet": ["agent=planet", *RSSM_TINY, "world_model.stoch=4", "agent.planner=cem_fast",
+               "agent.planners.cem_fast.horizon=4", "agent.planners.cem_fast.candidates=16",
+               "agent.planners.cem_fast.top_k=4", "agent.planners.cem_fast.iterations=2", "agent.seed_episodes=1",
+               "agent.collect_interval=2", "train.total_steps=300", "train.log_every=40", "checkpoint.every=80"],
+    # one env step per iteration and train_ratio 16 / (batch 4 x seq_len 8): an update every second iteration
+    "dreamer": ["agent=dreamer", *RSSM_TINY, "agent.size=null", "world_model.latents=4", "world_model.classes=4",
+                "agent.prefill=40", "agent.horizon=4", "agent.train_ratio=16", "train.total_steps=200",
+                "train.log_every=25", "checkpoint.every=75"],
+}
+
+
+def adam_steps(payload: dict, name: str) -> int:
+    """Adam's step count of one optimizer in a checkpoint (the same for every parameter it updated)."""
+    return max(int(s["step"]) for s in payload["agent"]["optim"][name]["state"].values())
+
+
+def updates_done(agent: str, iterations: int) -> int:
+    """Optimizer steps of the RESUMABLE configs after `iterations` train iterations, by hand."""
+    return {"ppo_lstm": iterations * 2 * 2, "cpc_rl": iterations * 2 * 2,  # update_epochs x num_minibatches
+            "planet": iterations * 2,  # collect_interval
+            "dreamer": iterations // 2}[agent]
+
+
+def assert_state_continued(agent: str, payload: dict) -> None:
+    """Counts a checkpoint holds only if nothing restarted at a resume: they follow from its counters alone."""
+    counters, model = payload["counters"], payload["agent"]["model"]
+    for name in payload["agent"]["optim"]:
+        assert adam_steps(payload, name) == updates_done(agent, counters["iteration"]), name
+    if agent in ("ppo_lstm", "cpc_rl"):
+        assert counters["env_step"] == counters["iteration"] * 16 * 4  # num_steps x num_envs per rollout
+        for norm in ("obs_norm", "ret_norm"):  # one count per env step, from a prior count of 1e-4
+            assert float(model[f"{norm}.count"]) == pytest.approx(1e-4 + counters["env_step"], abs=1e-6), norm
+    else:  # every finished 20-step pendulum episode is in the replay: its 20 obs and the final one
+        size, _, episodes, _ = payload["agent"]["replay"]["counters"].tolist()
+        assert episodes == counters["episodes"] and size == 21 * episodes
+
+
+@pytest.mark.parametrize("agent", list(RESUMABLE))
+def test_every_agent_resumes_where_it_was_killed(tmp_path, agent):
+    killed = run_until_killed(tmp_path, [*RESUMABLE[agent], *RESUME_COMMON])
+    saved = killed["counters"]["env_step"]
+    before = rows(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "again")  # the same killed run, resumed a second time below
+    assert f"resumed from env step {saved:,}" in cpcrl("resume=run", cwd=tmp_path).stdout
+    assert_resumed_without_repeats(before, rows(tmp_path / "run"), saved)
+
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert final["counters"]["iteration"] > killed["counters"]["iteration"]
+    assert_state_continued(agent, killed)
+    assert_state_continued(agent, final)
+
+    cpcrl("resume=again", cwd=tmp_path)
+    assert without_timing(rows(tmp_path / "again")) == without_timing(rows(tmp_path / "run"))
 
 
 def test_same_seed_same_metrics(tmp_path):
     for name in ("a", "b"):
         cpcrl(*TINY, "logger=none", "eval.every=0", f"hydra.run.dir={name}", cwd=tmp_path)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "perf/sps")} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "a")) == strip(rows(tmp_path / "b"))
+    assert without_timing(rows(tmp_path / "a")) == without_timing(rows(tmp_path / "b"))
 
 
 def test_max_minutes_stops_early_with_final_eval_and_checkpoint(tmp_path):

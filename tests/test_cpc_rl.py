@@ -73,6 +73,7 @@ def test_train_iteration_logs_cpc_metrics_for_both_rl_losses():
 @pytest.mark.parametrize("override,message", [
     ("agent.cpc.horizon=8", r"agent.cpc.horizon=8: must be in 1..7"),
     ("agent.cpc.negatives=all", "valid are batch, batch_time"),
+    ("agent.cpc.anchors=first", "^agent.cpc.anchors='first': valid are all, common$"),
     ("agent.cpc.projection=both", "valid are per_horizon, shared"),
     ("agent.rl_loss=a2c", "set agent.update_epochs=1"),
     ("+agent.cpc.horizn=3", "agent.cpc has no key 'horizn'"),

@@ -184,7 +184,7 @@ def test_single_env_history_shift():
     env = Cube2x2Env()
     obs, info = env.reset(seed=0, options={"state": run(SOLVED, "U+", "R+", "F+", "L+", "B+")})
     assert obs[144:].sum() == 0
-    for t, a in enumerate([M["B-"], M["L-"], M["F-"]]):
+    for _, a in enumerate([M["B-"], M["L-"], M["F-"]]):
         obs, *_ = env.step(a)
         assert obs[:144].sum() == 24
     hist = obs[144:].reshape(4, 12)
@@ -381,7 +381,7 @@ def test_vector_obs_tracks_states_and_history(n, copy, step_path):
     history = np.full((n, 4), -1)
     assert np.array_equal(obs, encode_obs(env.states, history))
     finished = 0
-    for t in range(400):
+    for _ in range(400):
         before = env.states
         # Solve some cubes on purpose: try all 12 moves, take a solving one where there is one.
         solving = is_solved(apply_moves(np.repeat(before, 12, 0), np.tile(np.arange(12), n))).reshape(n, 12)

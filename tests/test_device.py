@@ -25,7 +25,8 @@ for _ in range(16):
 
 
 def faults(keep: bool) -> list[int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, "1" if keep else "0"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, "1" if keep else "0"], capture_output=True, text=True,
+                         check=True)
     return [int(n) for n in out.stdout.split()]
 
 

@@ -4,10 +4,18 @@ import pytest
 import torch
 
 from cpcrl.nets.distributions import (
-    MaskedCategorical, TanhNormal, TwoHotDist, diag_normal, sample_index, straight_through_onehot, symexp, symlog,
-    twohot_bins, twohot_encode, unimix_logits,
+    MaskedCategorical,
+    TanhNormal,
+    TwoHotDist,
+    diag_normal,
+    sample_index,
+    straight_through_onehot,
+    symexp,
+    symlog,
+    twohot_bins,
+    twohot_encode,
+    unimix_logits,
 )
-
 
 # --- MaskedCategorical -------------------------------------------------------------------------------------
 

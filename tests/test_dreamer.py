@@ -1,9 +1,7 @@
-import io
-import time
-
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, cpcrl
 from omegaconf import OmegaConf
 
 from cpcrl.agents.dreamer import Dreamer
@@ -11,8 +9,6 @@ from cpcrl.collector import Collector, evaluate
 from cpcrl.envs.factory import make_gym_env
 from cpcrl.errors import ConfigError
 from cpcrl.nets.rssm import map_state
-
-from conftest import ROOT, cpcrl
 
 TINY = {"tiny": dict(deter=32, units=32, layers=1, stoch=8, latents=4, classes=4)}
 WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
@@ -150,47 +146,13 @@ def test_size_presets_and_version_defaults():
     v1 = tiny_agent(envs, "v1", actor_lr=1e-3)
     assert v1.gamma == 0.99 and v1.slow_critic is None and not v1.return_norm.enabled
     assert v1.optimizers["actor"].param_groups[0]["lr"] == 1e-3   # explicit wins
-    assert v1.optimizers["critic"].param_groups[0]["lr"] == 8e-5 and v1.optimizers["model"].param_groups[0]["lr"] == 6e-4
+    assert (v1.optimizers["critic"].param_groups[0]["lr"] == 8e-5
+            and v1.optimizers["model"].param_groups[0]["lr"] == 6e-4)
     cfg = OmegaConf.load(ROOT / "conf" / "agent" / "dreamer.yaml")  # the yaml mirrors the python defaults
     from cpcrl.agents.dreamer import DEFAULT_SIZES, DEFAULT_VERSIONS
     assert OmegaConf.to_container(cfg.sizes) == DEFAULT_SIZES
     for version, table in DEFAULT_VERSIONS.items():
         assert OmegaConf.to_container(cfg.versions[version]) == pytest.approx(table)
-
-
-def test_checkpoint_round_trip_keeps_slow_critic_and_normaliser():
-    envs = make_gym_env("CartPole-v1", 2, max_episode_steps=20)
-    agent = tiny_agent(envs, "v3")
-    collector = Collector(envs, torch.device("cpu"), seed=0)
-    for _ in range(5):
-        agent.train_iteration(collector)
-    buf = io.BytesIO()
-    torch.save(agent.checkpoint_state(), buf)
-    buf.seek(0)
-    fresh = tiny_agent(envs, "v3")
-    fresh.load_checkpoint_state(torch.load(buf, weights_only=True))
-    assert torch.equal(fresh.return_norm.high, agent.return_norm.high) and agent.return_norm.high != 0
-    for a, b in zip(fresh.slow_critic.parameters(), agent.slow_critic.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_imagined_returns_rise_on_cartpole():
-    """Learning test: within a short budget the model learns CartPole's +1 rewards and its continue flag,
-    and the critic follows, so the mean imagined lambda-return climbs well above its start."""
-    envs = make_gym_env("CartPole-v1", 4)
-    agent = tiny_agent(envs, "v3", batch_size=8, seq_len=16, horizon=15, prefill=500, train_ratio=128,
-                       model_lr=1e-3, critic_lr=1e-3, actor_lr=1e-4,
-                       sizes={"tiny": dict(deter=64, units=64, layers=1, stoch=8, latents=8, classes=8)})
-    collector = Collector(envs, torch.device("cpu"), seed=0)
-    returns, t0 = [], time.perf_counter()
-    while len(returns) < 80 and time.perf_counter() - t0 < 110:  # 35-75 s on a shared 2-core CPU
-        metrics = agent.train_iteration(collector)
-        if "dreamer/imagined_return" in metrics:
-            returns.append(metrics["dreamer/imagined_return"])
-    assert len(returns) == 80, f"only {len(returns)} update rounds in 110 s"
-    early, late = np.mean(returns[:10]), np.mean(returns[-10:])
-    assert late > early + 2.5, f"imagined return {early:.2f} -> {late:.2f}"
-    envs.close()
 
 
 def test_cli_trains_dreamer(tmp_path):

@@ -50,7 +50,7 @@ def test_termination_gives_final_obs_and_same_step_reset():
 def test_truncation_is_not_termination():
     env = env_from("env=pendulum", "env.num_envs=2", "env.max_episode_steps=5")
     env.reset(seed=0)
-    for t in range(5):
+    for _ in range(5):
         obs, reward, terminated, truncated, info = env.step(np.zeros((2, 1), dtype=np.float32))
     assert truncated.all() and not terminated.any()
     assert not np.allclose(info["final_obs"], obs)  # the bootstrap target is the old episode's last obs

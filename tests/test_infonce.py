@@ -1,4 +1,5 @@
-"""InfoNCE against slow loop references (seed 000), episode-boundary masking, and the CPC head."""
+"""InfoNCE against slow loop references (both anchor ranges, seed 000's among them), episode-boundary
+masking, and the CPC head."""
 
 import pytest
 import torch
@@ -8,34 +9,62 @@ from cpcrl.nets.cpc import CPCHead
 from cpcrl.objectives.infonce import infonce_loss, valid_pairs
 
 
-def reference_batch(preds, z, is_first, temperature=1.0):
-    """The seed's loops: for each t, k the (B, B) logits pred @ positive.T, labels arange(B);
+def batch_terms(preds, z, is_first, t, k, temperature=1.0):
+    """The seed's (B, B) logits pred @ positive.T with labels arange(B), one cross-entropy per anchor b;
     anchors whose (t, t+k) crosses an episode start are skipped."""
-    K, T, B, _ = preds.shape
-    total, n = 0.0, 0
-    for k in range(1, K + 1):
-        for t in range(T - k):
-            logits = preds[k - 1, t] @ z[t + k].T / temperature
-            ce = F.cross_entropy(logits, torch.arange(B), reduction="none")
-            for b in range(B):
-                if not is_first[t + 1: t + k + 1, b].any():
-                    total, n = total + ce[b], n + 1
-    return total / max(n, 1), n
+    B = z.shape[1]
+    ce = F.cross_entropy(preds[k - 1, t] @ z[t + k].T / temperature, torch.arange(B), reduction="none")
+    return [ce[b] for b in range(B) if not is_first[t + 1: t + k + 1, b].any()]
 
 
-def reference_batch_time(preds, z, is_first):
-    K, T, B, _ = preds.shape
+def batch_time_terms(preds, z, is_first, t, k, temperature=1.0):
+    """Every latent of the batch is a candidate; the positive is z[t + k, b]."""
+    T, B, _ = z.shape
     flat = z.reshape(T * B, -1)
-    total, n = 0.0, 0
-    for k in range(1, K + 1):
-        for t in range(T - k):
-            for b in range(B):
-                if is_first[t + 1: t + k + 1, b].any():
-                    continue
-                logits = flat @ preds[k - 1, t, b]
-                total = total - torch.log_softmax(logits, 0)[(t + k) * B + b]
-                n += 1
-    return total / n, n
+    return [-torch.log_softmax(flat @ preds[k - 1, t, b] / temperature, 0)[(t + k) * B + b]
+            for b in range(B) if not is_first[t + 1: t + k + 1, b].any()]
+
+
+def per_horizon_anchor_terms(terms_at, K, T):
+    """anchors="all": for each horizon k every anchor t < T - k, all available pairs."""
+    return [term for k in range(1, K + 1) for t in range(T - k) for term in terms_at(t, k)]
+
+
+def seed_anchor_terms(terms_at, K, T):
+    """anchors="common": seed 000's loop, `for t in range(T - self.horizon): for k in range(1, horizon + 1)`."""
+    terms = []
+    for t in range(T - K):
+        for k in range(1, K + 1):
+            terms += terms_at(t, k)
+    return terms
+
+
+TERMS = {"batch": batch_terms, "batch_time": batch_time_terms}
+ANCHOR_LOOPS = {"all": per_horizon_anchor_terms, "common": seed_anchor_terms}
+
+
+def reference_loss(preds, z, is_first, negatives, anchors, temperature=1.0):
+    """Mean over the loop's valid pairs, and their number."""
+    K, T = preds.shape[:2]
+    terms = ANCHOR_LOOPS[anchors](lambda t, k: TERMS[negatives](preds, z, is_first, t, k, temperature), K, T)
+    return sum(terms) / max(len(terms), 1), len(terms)
+
+
+def seed_compute_cpc_loss(z_seq, c_seq, cpc_proj, horizon):
+    """Seed 000's compute_cpc_loss line for line: z_seq, c_seq (B, T, D), one projector for every k, no masks."""
+    B, T, D = z_seq.shape
+    loss = 0
+    terms = 0
+    for t in range(T - horizon):
+        anchor = c_seq[:, t]
+        pred = cpc_proj(anchor)
+        for k in range(1, horizon + 1):
+            positive = z_seq[:, t + k]
+            logits = pred @ positive.T
+            labels = torch.arange(B)
+            loss += F.cross_entropy(logits, labels)
+            terms += 1
+    return loss / terms
 
 
 def random_case(T=7, B=5, K=3, D=4, resets=False, seed=0):
@@ -49,30 +78,45 @@ def random_case(T=7, B=5, K=3, D=4, resets=False, seed=0):
     return preds, z, is_first
 
 
+@pytest.mark.parametrize("anchors", ["all", "common"])
+@pytest.mark.parametrize("negatives", ["batch", "batch_time"])
 @pytest.mark.parametrize("resets", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.3])
-def test_batch_negatives_equal_the_seed_loops(resets, temperature):
-    preds, z, is_first = random_case(resets=resets)
-    loss, acc, count = infonce_loss(preds, z, is_first, "batch", temperature)
-    ref, n = reference_batch(preds, z, is_first, temperature)
+def test_loss_equals_its_anchor_range_loop(anchors, negatives, resets, temperature):
+    preds, z, is_first = random_case(resets=resets, seed=int(resets))
+    loss, _, count = infonce_loss(preds, z, is_first, negatives, temperature, anchors=anchors)
+    ref, n = reference_loss(preds, z, is_first, negatives, anchors, temperature)
     assert count == n
     assert abs(loss.item() - float(ref)) < 1e-6
 
 
-def test_no_resets_equals_the_seed_average_over_t_and_k():
-    # The seed averages per-(t, k) cross-entropies over B anchors: the same as the mean over all pairs.
-    preds, z, is_first = random_case()
-    K, T, B, _ = preds.shape
-    terms = [F.cross_entropy(preds[k - 1, t] @ z[t + k].T, torch.arange(B)) for k in range(1, K + 1) for t in range(T - k)]
-    assert abs(infonce_loss(preds, z, is_first)[0].item() - torch.stack(terms).mean().item()) < 1e-6
+def test_common_anchors_equal_the_seeds_compute_cpc_loss():
+    # No resets and one shared projector: seed 000's mean of per-(t, k) batch means is the mean over pairs.
+    torch.manual_seed(0)
+    T, B, H, D, K = 7, 5, 6, 4, 3
+    c, z = torch.randn(T, B, H, dtype=torch.float64), torch.randn(T, B, D, dtype=torch.float64)
+    head = CPCHead(H, D, K, "shared").double()
+    loss, _, count = infonce_loss(head(c), z, torch.zeros(T, B, dtype=torch.bool), anchors="common")
+    seed = seed_compute_cpc_loss(z.transpose(0, 1), c.transpose(0, 1), lambda anchor: anchor @ head.weight[0], K)
+    assert count == B * K * (T - K)
+    assert abs(loss.item() - seed.item()) < 1e-6
 
 
-@pytest.mark.parametrize("resets", [False, True])
-def test_batch_time_negatives_equal_loops(resets):
-    preds, z, is_first = random_case(resets=resets, seed=1)
-    loss, _, count = infonce_loss(preds, z, is_first, "batch_time")
-    ref, n = reference_batch_time(preds, z, is_first)
-    assert count == n and abs(loss.item() - float(ref)) < 1e-6
+def test_anchor_ranges_differ_beyond_one_horizon():
+    preds, z, is_first = random_case(T=7, B=5, K=3)
+    (all_loss, _, all_n), (common_loss, _, common_n) = (infonce_loss(preds, z, is_first, anchors=a)
+                                                        for a in ("all", "common"))
+    assert all_n == 5 * (6 + 5 + 4) and common_n == 5 * 3 * 4  # B * sum_k (T - k) vs B * K * (T - K)
+    assert abs(all_loss.item() - common_loss.item()) > 1e-3
+    one = random_case(T=7, B=5, K=1)
+    for negatives in ("batch", "batch_time"):
+        (a, acc_a, n_a), (c, acc_c, n_c) = (infonce_loss(*one, negatives, anchors=x) for x in ("all", "common"))
+        assert n_a == n_c == 5 * 6 and a.item() == c.item() and torch.equal(acc_a, acc_c)  # K=1: T-k == T-K
+
+
+def test_bad_anchors_value_is_one_line():
+    with pytest.raises(ValueError, match=r"^cpc.anchors='first': valid are all, common$"):
+        infonce_loss(*random_case(), anchors="first")
 
 
 def test_valid_pairs_by_hand():
@@ -80,6 +124,10 @@ def test_valid_pairs_by_hand():
     ok = valid_pairs(is_first, 2)
     assert ok[0, :, 0].tolist() == [True, False, True, False]  # k=1: 0->1 ok, 1->2 crosses, 2->3 ok, 3->end
     assert ok[1, :, 0].tolist() == [False, False, False, False]  # k=2: every pair crosses or runs off
+    no_resets = torch.zeros(4, 1, dtype=torch.bool)
+    assert valid_pairs(no_resets, 2)[:, :, 0].tolist() == [[True, True, True, False], [True, True, False, False]]
+    # anchors="common": t < T - K = 2 for both horizons
+    assert valid_pairs(no_resets, 2, anchors="common")[:, :, 0].tolist() == [[True, True, False, False]] * 2
 
 
 def test_every_pair_crossing_gives_no_term_and_no_nan():

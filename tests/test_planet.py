@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, cpcrl
 from omegaconf import OmegaConf
 
 from cpcrl.agents.planet import PlaNet
@@ -11,7 +12,6 @@ from cpcrl.collector import Collector, evaluate
 from cpcrl.envs.factory import make_cube_env, make_gym_env
 from cpcrl.errors import ConfigError
 
-from conftest import ROOT, cpcrl
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -115,9 +115,9 @@ def test_cli_planet_pendulum(tmp_path):
     assert bad.returncode == 2 and "rssm_gaussian" in bad.stderr + bad.stdout
 
 
-def test_learning_world_model_and_planner_beats_random():
-    """Pendulum: the one-step observation + reward loss halves in a few hundred updates, and planning in the
-    learned model beats random actions on short episodes."""
+def test_world_model_loss_halves_on_pendulum():
+    """Pendulum: the one-step observation + reward loss halves in a few hundred updates (on fixed batches).
+    That the planner then acts well in the real env is tests/test_learning.py's `planet_cartpole`."""
     torch.manual_seed(0)
     envs = make_gym_env("Pendulum-v1", 4, max_episode_steps=100)
     wm = world_model(deter=64, hidden=64, stoch=8, encoder={"hidden": 64}, decoder={"hidden": 64},
@@ -141,18 +141,6 @@ def test_learning_world_model_and_planner_beats_random():
         agent.update()
     after = one_step_loss()
     assert after < 0.5 * before, (before, after)
-
-    def episode_return(random: bool) -> float:
-        envs.reset(seed=7)
-        col = Collector(envs, torch.device("cpu"), seed=7)
-        state, total = None, 0.0
-        for _ in range(40):
-            action, state = agent.act(col.obs_tensor(), state, col.tensor(col.is_first), explore=False, random=random)
-            total += col.step(action).reward.mean()
-        return total
-
-    planned, rand = episode_return(False), episode_return(True)
-    assert planned > rand, (planned, rand)
 
 
 def test_pixels_wrapper_and_conv_world_model():

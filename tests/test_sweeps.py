@@ -1,8 +1,9 @@
 """Real Hydra multiruns through the launcher plugins, an Optuna search, and cpcrl-report on a real sweep."""
 
 import csv
-import importlib.util
 import json
+import math
+import statistics
 
 import matplotlib.image
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from cpcrl.report import bootstrap_ci, main as report_main
 from cpcrl.wandb_file import read_run
 from tests.conftest import cpcrl
+from tests.test_cli import rows
 
 TINY = ["agent=reinforce", "env=cube2x2", "device=cpu", "train.total_steps=2048", "train.log_every=512",
         "eval.every=1024", "eval.episodes=8", "eval.num_envs=8", "checkpoint.every=0", "env.num_envs=16"]
@@ -31,13 +33,6 @@ def test_two_job_multirun_with_launcher(tmp_path, launcher):
     assert all(json.loads((r / "summary.json").read_text())["env_step"] >= 2048 for r in runs)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
-                    reason="hydra-ray-launcher not installed (pip install 'cpcrl[ray]')")
-def test_two_job_multirun_with_local_ray(tmp_path):
-    cpcrl("-m", "hydra/launcher=ray", *TINY, "logger=none", "seed=0,1", cwd=tmp_path, timeout=400)
-    assert len(sweep_dirs(tmp_path)) == 2
-
-
 def test_optuna_search_four_trials_in_sqlite(tmp_path):
     cpcrl("hparams_search=reinforce_cube", *TINY, "logger=none", "hydra.sweeper.n_trials=4",
           "hydra.sweeper.storage=sqlite:///study.db", cwd=tmp_path, timeout=400)
@@ -51,16 +46,38 @@ def test_optuna_search_four_trials_in_sqlite(tmp_path):
     assert (tmp_path / "study.db").stat().st_size > 0
 
 
+def run_config(run_dir) -> str:
+    """The report's group label of a run of the lr sweep below (seeds pooled)."""
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    return next(o for o in overrides if o.startswith("agent.lr="))
+
+
+def first_step_at(run_dir, threshold: float) -> float:
+    """By hand: the env_step of the first eval whose return reaches the threshold; inf if none does."""
+    return next((r["env_step"] for r in rows(run_dir) if r.get("eval/return_mean", -math.inf) >= threshold), math.inf)
+
+
 def test_report_on_a_real_sweep(tmp_path):
     cpcrl("-m", *TINY, "logger=none", "agent.lr=0.001,0.01", "seed=0,1", cwd=tmp_path, timeout=400)
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
-    assert report_main([str(sweep), "--threshold", "-100"]) == 0
-    rows = list(csv.DictReader(open(sweep / "report.csv")))
-    assert sorted(r["config"] for r in rows) == ["agent.lr=0.001", "agent.lr=0.01"]
-    assert all(r["seeds"] == "2" for r in rows)
-    finals = [json.loads((d / "summary.json").read_text())["eval/return_mean"] for d in sweep_dirs(tmp_path)
-              if "agent.lr=0.01," in d.name]
-    row = next(r for r in rows if r["config"] == "agent.lr=0.01")
+    runs = sweep_dirs(tmp_path)
+    best = {r: max(row["eval/return_mean"] for row in rows(r) if "eval/return_mean" in row) for r in runs}
+    # every run reaches its own best: the lowest best is reached by all, the highest only by the runs holding it
+    low, high = min(best.values()), max(best.values())
+    assert low < high, f"the four runs' best eval returns are all {low}: no threshold splits them"
+    for threshold in (low, high):
+        assert report_main([str(sweep), "--threshold", str(threshold)]) == 0
+        table = {r["config"]: r for r in csv.DictReader(open(sweep / "report.csv"))}
+        assert sorted(table) == ["agent.lr=0.001", "agent.lr=0.01"]
+        for config, row in table.items():
+            steps = [first_step_at(r, threshold) for r in runs if run_config(r) == config]
+            assert row["seeds"] == "2" == str(len(steps))
+            assert float(row["steps_to_threshold"]) == statistics.median(steps)  # inf unless both seeds reach it
+            assert row["reached"] == f"{sum(map(math.isfinite, steps))}/2"
+
+    finals = [json.loads((d / "summary.json").read_text())["eval/return_mean"] for d in runs
+              if run_config(d) == "agent.lr=0.01"]
+    row = table["agent.lr=0.01"]
     assert float(row["mean"]) == pytest.approx(sum(finals) / 2)
     assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
     image = matplotlib.image.imread(sweep / "curves.png")
@@ -77,9 +94,6 @@ def test_bootstrap_ci_by_hand():
 def test_sweep_bad_input_is_one_line(tmp_path):
     proc = cpcrl("-m", *TINY, "train.nope=1,2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Key 'nope' is not in struct" in proc.stderr
-    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
-        proc = cpcrl("-m", "hydra/launcher=ray", *TINY, "seed=0,1", cwd=tmp_path, check=False)
-        assert proc.returncode == 2 and "pip install 'cpcrl[ray]'" in proc.stderr
     assert not (tmp_path / "outputs").exists()
     (tmp_path / "empty").mkdir()
     assert report_main([str(tmp_path / "empty")]) == 2

@@ -31,7 +31,8 @@ RSSM_G = RSSM(E, A, kind="gaussian", deter=8, stoch=3, hidden=8)
 
 def test_regular_and_free_bits():
     post, prior = gaussian_pair()
-    ref = kl_divergence(Independent(Normal(post["mean"], post["std"]), 1), Independent(Normal(prior["mean"], prior["std"]), 1))
+    ref = kl_divergence(Independent(Normal(post["mean"], post["std"]), 1),
+                        Independent(Normal(prior["mean"], prior["std"]), 1))
     torch.testing.assert_close(kl_per_step(RSSM_G, post, prior, KLConfig("regular")), ref)
     big = KLConfig("free_bits", free_nats=1e6)
     assert torch.all(kl_per_step(RSSM_G, post, prior, big) == 1e6)
@@ -106,10 +107,14 @@ def test_unknown_kl_strategy():
 
 def test_onehot_nll_is_cross_entropy_per_group():
     groups = [(4, 3), (2, 5)]
-    target = torch.cat([F.one_hot(torch.randint(3, (7, 4)), 3).flatten(1), F.one_hot(torch.randint(5, (7, 2)), 5).flatten(1)], 1).float()
+    target = torch.cat([F.one_hot(torch.randint(3, (7, 4)), 3).flatten(1),
+                        F.one_hot(torch.randint(5, (7, 2)), 5).flatten(1)], 1).float()
     logits = torch.randn(7, 22)
-    ref = (F.cross_entropy(logits[:, :12].reshape(-1, 3), target[:, :12].reshape(-1, 3).argmax(-1), reduction="none").view(7, 4).sum(1)
-           + F.cross_entropy(logits[:, 12:].reshape(-1, 5), target[:, 12:].reshape(-1, 5).argmax(-1), reduction="none").view(7, 2).sum(1))
+    ref = (F.cross_entropy(logits[:, :12].reshape(-1, 3), target[:, :12].reshape(-1, 3).argmax(-1),
+                           reduction="none").view(7, 4).sum(1)
+           + F.cross_entropy(logits[:, 12:].reshape(-1, 5), target[:, 12:].reshape(-1, 5).argmax(-1),
+                             reduction="none").view(7, 2).sum(1))
     torch.testing.assert_close(onehot_nll(logits, target, groups), ref)
     target[:, 12:] = 0  # no past action yet: contributes nothing
-    torch.testing.assert_close(onehot_nll(logits, target, groups), ref - ref + onehot_nll(logits[:, :12], target[:, :12], groups[:1]))
+    torch.testing.assert_close(onehot_nll(logits, target, groups),
+                               ref - ref + onehot_nll(logits[:, :12], target[:, :12], groups[:1]))

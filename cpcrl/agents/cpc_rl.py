@@ -19,10 +19,10 @@ import torch
 from cpcrl.agents.ppo_lstm import PPOLSTM
 from cpcrl.errors import ConfigError
 from cpcrl.nets.cpc import PROJECTIONS, CPCHead
-from cpcrl.objectives.infonce import NEGATIVES, infonce_loss
+from cpcrl.objectives.infonce import ANCHORS, NEGATIVES, infonce_loss
 
 CPC_DEFAULTS = {"weight": 0.1, "horizon": 4, "projection": "per_horizon", "negatives": "batch",
-                "temperature": 1.0, "action_conditioned": False}
+                "anchors": "all", "temperature": 1.0, "action_conditioned": False}
 RL_LOSSES = ("ppo", "a2c")
 
 
@@ -50,7 +50,7 @@ class CPCRL(PPOLSTM):
         if cpc["weight"] < 0 or cpc["temperature"] <= 0:
             raise ConfigError(f"agent.cpc.weight={cpc['weight']}, temperature={cpc['temperature']}: "
                               "weight must be >= 0 and temperature > 0")
-        for key, valid in (("negatives", NEGATIVES), ("projection", PROJECTIONS)):
+        for key, valid in (("negatives", NEGATIVES), ("anchors", ANCHORS), ("projection", PROJECTIONS)):
             if cpc[key] not in valid:
                 raise ConfigError(f"agent.cpc.{key}={cpc[key]!r}: valid are {', '.join(valid)}")
         if cpc["action_conditioned"] and not self.discrete:
@@ -81,7 +81,8 @@ class CPCRL(PPOLSTM):
         with torch.set_grad_enabled(self.cpc["weight"] > 0 and torch.is_grad_enabled()):
             actions = ch["actions"][:, idx] if self.cpc["action_conditioned"] else None
             cpc, accuracy, _ = infonce_loss(self.cpc_head(feats, actions), z, ch["is_first"][:, idx],
-                                            self.cpc["negatives"], self.cpc["temperature"])
+                                            self.cpc["negatives"], self.cpc["temperature"],
+                                            anchors=self.cpc["anchors"])
         if self.cpc["weight"] > 0:
             terms["total"] = terms["total"] + self.cpc["weight"] * cpc
         terms["cpc"] = cpc

@@ -202,7 +202,8 @@ class Dreamer(Agent):
     def __init__(self, obs_space, action_space, device, world_model=None, version="v3", size="xs", sizes=None,
                  versions=None, train_ratio=64.0, batch_size=16, seq_len=64, horizon=15, lam=0.95, prefill=1000,
                  collect_steps=1, imag_starts=None, actor_gradient="auto", gamma=None, model_lr=None,
-                 actor_lr=None, critic_lr=None, adam_eps=None, model_grad_clip=None, ac_grad_clip=None, entropy=None, expl_noise=None,
+                 actor_lr=None, critic_lr=None, adam_eps=None, model_grad_clip=None, ac_grad_clip=None, entropy=None,
+                 expl_noise=None,
                  slow_critic_decay=None, slow_reg=None, return_norm=None, twohot=None, unimix=None,
                  layer_norm=None, return_ema_decay=0.99, return_scale_floor=1.0, precision="fp32",
                  replay_capacity=1_000_000, save_replay=False, seed=None):
@@ -239,7 +240,8 @@ class Dreamer(Agent):
         self.horizon, self.lam, self.gamma = int(horizon), float(lam), float(hp["gamma"])
         self.prefill, self.collect_steps, self.save_replay = int(prefill), int(collect_steps), save_replay
         self.imag_starts = None if imag_starts is None else int(imag_starts)
-        self.entropy_coef, self.expl_noise, self.slow_reg = float(hp["entropy"]), float(hp["expl_noise"]), float(hp["slow_reg"])
+        self.entropy_coef, self.expl_noise = float(hp["entropy"]), float(hp["expl_noise"])
+        self.slow_reg = float(hp["slow_reg"])
         self.model_grad_clip, self.ac_grad_clip = float(hp["model_grad_clip"]), float(hp["ac_grad_clip"])
         # v1 backpropagates through the dynamics for every action space (straight-through for one-hots);
         # v3 uses REINFORCE where the action is discrete and backprop where it is continuous.

@@ -35,8 +35,15 @@ from cpcrl.data.replay import SequenceReplay
 from cpcrl.errors import ConfigError
 from cpcrl.nets.codecs import make_decoder, make_encoder, make_head
 from cpcrl.nets.rssm import make_rssm
-from cpcrl.objectives.world_model import (KLConfig, continue_loss, gaussian_nll, kl_loss, onehot_nll,
-                                          overshooting_kl, reward_loss)
+from cpcrl.objectives.world_model import (
+    KLConfig,
+    continue_loss,
+    gaussian_nll,
+    kl_loss,
+    onehot_nll,
+    overshooting_kl,
+    reward_loss,
+)
 from cpcrl.planning.cem import CEMConfig, cem_categorical, cem_continuous
 
 DEFAULT_PLANNERS = {"cem": dict(horizon=12, candidates=1000, top_k=100, iterations=10),
@@ -237,6 +244,8 @@ class PlaNet(Agent):
     def train_iteration(self, collector) -> dict[str, float]:
         if self.replay.episodes < self.seed_episodes:
             self.collect(collector, self.seed_episodes - self.replay.episodes, random=True)
+        while len(self.replay) < self.seq_len:  # short seed episodes (a solved cube): seed until one chunk fits
+            self.collect(collector, 1, random=True)
         t0 = time.perf_counter()
         history = [self.update() for _ in range(self.collect_interval)]
         update_time = time.perf_counter() - t0

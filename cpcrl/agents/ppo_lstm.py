@@ -133,8 +133,10 @@ class PPOLSTM(Agent):
 
         self.recurrent = bool(recurrent) and wm_name == "lstm"
         self.total_steps, self.num_steps, self.truncation_length = total_steps, num_steps, truncation_length
-        self.update_epochs, self.num_minibatches, self.lr, self.anneal_lr = update_epochs, num_minibatches, lr, anneal_lr
-        self.gamma, self.gae_lambda, self.clip_coef, self.clip_value_loss = gamma, gae_lambda, clip_coef, clip_value_loss
+        self.update_epochs, self.num_minibatches = update_epochs, num_minibatches
+        self.lr, self.anneal_lr = lr, anneal_lr
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self.clip_coef, self.clip_value_loss = clip_coef, clip_value_loss
         self.value_coef, self.entropy_coef, self.max_grad_norm = value_coef, entropy_coef, max_grad_norm
         self.target_kl, self.norm_adv = target_kl, norm_adv
 
@@ -245,7 +247,8 @@ class PPOLSTM(Agent):
         chunks = num_envs * (self.num_steps // self.truncation_length)
         if chunks < self.num_minibatches:
             raise ConfigError(f"agent.num_minibatches={self.num_minibatches} is more than the {chunks} sequences per "
-                              f"rollout (env.num_envs * agent.num_steps / agent.truncation_length): valid are 1..{chunks}")
+                              "rollout (env.num_envs * agent.num_steps / agent.truncation_length): "
+                              f"valid are 1..{chunks}")
 
     @torch.no_grad()
     def collect(self, collector) -> dict[str, Tensor]:
@@ -288,18 +291,18 @@ class PPOLSTM(Agent):
             if self.ret_norm is not None:
                 if self._disc_return is None or self._disc_return.shape[0] != B:
                     self._disc_return = torch.zeros(B, dtype=torch.float64, device=dev)
-                self._disc_return = self._disc_return * self.gamma + rew_buf[t]
+                # a new episode's return starts at 0 (as the belief, where is_first: also after a collector reset)
+                self._disc_return = torch.where(is_first, 0.0, self._disc_return) * self.gamma + rew_buf[t]
                 self.ret_norm.update(self._disc_return.unsqueeze(-1))
                 rew_buf[t] = rew_buf[t] / (self.ret_norm.var + self.ret_norm.eps).sqrt().float()
             term_buf[t], trunc_buf[t] = collector.tensor(step.terminated), collector.tensor(step.truncated)
-            if self.ret_norm is not None:
-                self._disc_return[term_buf[t] | trunc_buf[t]] = 0.0
             if step.truncated.any():  # bootstrap from the true last obs, with the post-step state
                 f_obs = self._norm(collector.tensor(step.final_obs.astype(np.float32, copy=False)))
                 f_feats, _ = self.belief.step(f_obs, state, torch.zeros(B, dtype=torch.bool, device=dev))
                 final_val[t] = self.value(f_feats)
         self._state = state
-        last_feats, _ = self.belief.step(self._norm(collector.obs_tensor()), state, collector.tensor(collector.is_first))
+        last_feats, _ = self.belief.step(self._norm(collector.obs_tensor()), state,
+                                         collector.tensor(collector.is_first))
         last_value = self.value(last_feats)
         if raw_buf is not None:  # after the last value: every value of this rollout saw the same statistics
             self.obs_norm.update(raw_buf)

@@ -101,10 +101,12 @@ class SequenceReplay:
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Tensors only, so `torch.load(weights_only=True)` reads it back."""
+        """Tensors, and the sampler's RNG state (a dict of str and int), so `torch.load(weights_only=True)` reads
+        it back; with the RNG a resumed run samples the chunks the uninterrupted run would have."""
         used = self.size if self.size < self.capacity else self.capacity
         return {**{k: torch.from_numpy(np.ascontiguousarray(self.data[k][:used])) for k in KEYS},
-                "counters": torch.tensor([self.size, self.head, self.episodes, self.capacity])}
+                "counters": torch.tensor([self.size, self.head, self.episodes, self.capacity]),
+                "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         size, head, episodes, capacity = (int(x) for x in state["counters"])
@@ -113,3 +115,5 @@ class SequenceReplay:
         self.data = {k: state[k].numpy().copy() for k in KEYS}
         self.size, self.head, self.episodes = size, head, episodes
         self.pending = [[] for _ in self.pending]
+        if "rng" in state:  # checkpoints written before the sampler's RNG was saved restart it from the seed
+            self.rng.bit_generator.state = state["rng"]

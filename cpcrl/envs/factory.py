@@ -33,7 +33,8 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
     if vectorization not in ("sync", "async"):
         raise ValueError(f"env.vectorization must be sync or async, got {vectorization!r}")
     if id not in gym.registry:
-        raise ValueError(f"unknown gymnasium id {id!r}; see `python -c 'import gymnasium; gymnasium.pprint_registry()'`")
+        raise ValueError(f"unknown gymnasium id {id!r}; "
+                         "see `python -c 'import gymnasium; gymnasium.pprint_registry()'`")
     wrappers = []
     if observe is not None:
         wrappers.append(lambda e: ObserveIndices(e, list(observe)))

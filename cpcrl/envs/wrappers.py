@@ -14,7 +14,8 @@ class ObserveIndices(gym.ObservationWrapper):
         super().__init__(env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            raise ValueError(f"env.observe needs a flat Box observation, {env.spec.id if env.spec else env} has {space}")
+            raise ValueError("env.observe needs a flat Box observation, "
+                             f"{env.spec.id if env.spec else env} has {space}")
         bad = [i for i in indices if not 0 <= i < space.shape[0]]
         if bad:
             raise ValueError(f"env.observe indices {bad} out of range: valid are 0..{space.shape[0] - 1}")
@@ -75,7 +76,8 @@ class PrevActionObs(gym.Wrapper):
         super().__init__(env)
         space, act = env.observation_space, env.action_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            raise ValueError(f"env.prev_action needs a flat Box observation, {env.spec.id if env.spec else env} has {space}")
+            raise ValueError("env.prev_action needs a flat Box observation, "
+                             f"{env.spec.id if env.spec else env} has {space}")
         if isinstance(act, gym.spaces.Discrete):
             self.width, low, high = int(act.n), np.zeros(int(act.n)), np.ones(int(act.n))
         else:
@@ -116,7 +118,7 @@ class ActionRepeat(gym.Wrapper):
 
     def step(self, action):
         total = 0.0
-        for k in range(1, self.repeat + 1):
+        for k in range(1, self.repeat + 1):  # noqa: B007 -- k is read after the loop (env_steps)
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
             if terminated or truncated:

@@ -10,7 +10,6 @@ All modules take any number of leading dims.
 from __future__ import annotations
 
 import gymnasium as gym
-import torch
 from torch import Tensor, nn
 
 from cpcrl.errors import ConfigError

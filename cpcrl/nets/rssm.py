@@ -19,7 +19,7 @@ the distribution (for KL, entropy). Every method accepts any number of leading d
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

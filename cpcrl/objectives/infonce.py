@@ -6,8 +6,11 @@ every latent of the batch, all times and sequences (`"batch_time"`).
 
     loss = mean over valid (t, b, k) of  -log softmax(p . candidates / temperature)[positive]
 
-A pair (t, t+k) is valid when t + k < T and no episode starts in (t, t+k]: the future of another
-episode is not this belief's future, so such pairs are left out of the loss and of the accuracy.
+A pair (t, t+k) is valid when its anchor t is in range and no episode starts in (t, t+k]: the future of
+another episode is not this belief's future, so such pairs are left out of the loss and of the accuracy.
+The anchor range: `anchors="all"` takes every t with t + k < T for each k (all available pairs, so short
+horizons get more anchors than long ones); `"common"` takes t < T - K for every k, seed 000's
+`for t in range(T - horizon)`, so every horizon is averaged over the same anchors.
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ import torch
 import torch.nn.functional as F
 
 NEGATIVES = ("batch", "batch_time")
+ANCHORS = ("all", "common")
 
 
-def valid_pairs(is_first: torch.Tensor, horizon: int, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """bool [K, T, B]: (t, t+k) stays inside one episode (and inside the valid steps, when given)."""
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """One line naming the bad `cpc.<key>` and its valid values (the agent checks its config the same way)."""
+    if value not in choices:
+        raise ValueError(f"cpc.{key}={value!r}: valid are {', '.join(choices)}")
+
+
+def valid_pairs(is_first: torch.Tensor, horizon: int, valid: torch.Tensor | None = None,
+                anchors: str = "all") -> torch.Tensor:
+    """bool [K, T, B]: t is an anchor of `anchors` and (t, t+k) stays inside one episode (and inside the
+    valid steps, when given)."""
+    check_choice("anchors", anchors, ANCHORS)
     T, B = is_first.shape
     starts = torch.cumsum(is_first.to(torch.int32), 0)  # episode index along time
     ok = is_first.new_zeros((horizon, T, B), dtype=torch.bool)
@@ -27,20 +40,21 @@ def valid_pairs(is_first: torch.Tensor, horizon: int, valid: torch.Tensor | None
         ok[k - 1, : T - k] = starts[k:] == starts[: T - k]
         if valid is not None:
             ok[k - 1, : T - k] &= valid[k:].bool() & valid[: T - k].bool()
+    if anchors == "common":
+        ok[:, max(T - horizon, 0):] = False  # the seed's anchors t < T - K, the same for every k
     return ok
 
 
 def infonce_loss(preds: torch.Tensor, z: torch.Tensor, is_first: torch.Tensor, negatives: str = "batch",
-                 temperature: float = 1.0, valid: torch.Tensor | None = None):
+                 temperature: float = 1.0, valid: torch.Tensor | None = None, anchors: str = "all"):
     """preds [K, T, B, D] (prediction of z_{t+k+1} from c_t), z [T, B, D], is_first [T, B].
 
     Returns (loss, accuracy per horizon [K], number of valid pairs). With no valid pair the loss is 0
     (and still part of the graph), so a batch of short episodes adds nothing instead of NaN.
     """
-    if negatives not in NEGATIVES:
-        raise ValueError(f"cpc.negatives={negatives!r}: valid are {', '.join(NEGATIVES)}")
+    check_choice("negatives", negatives, NEGATIVES)
     K, T, B, D = preds.shape
-    mask = valid_pairs(is_first, K, valid)
+    mask = valid_pairs(is_first, K, valid, anchors)
     if negatives == "batch":
         # Future latents aligned with their anchors: targets[k, t] = z[t + k + 1] (zeros past the end, masked).
         targets = torch.stack([F.pad(z[k + 1:], (0, 0, 0, 0, 0, k + 1)) for k in range(K)])

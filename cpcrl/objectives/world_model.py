@@ -43,7 +43,7 @@ class KLConfig:
             raise ConfigError(f"world_model.kl.balance_alpha={self.balance_alpha}: must be in [0, 1]")
 
     @classmethod
-    def from_config(cls, cfg) -> "KLConfig":
+    def from_config(cls, cfg) -> KLConfig:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:

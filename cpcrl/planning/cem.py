@@ -10,8 +10,8 @@ Discrete actions: a categorical per step (candidates are one-hot), refit to the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
