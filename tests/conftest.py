@@ -20,6 +20,17 @@ def _wandb_dirs(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(var, str(base / var.lower()))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny nets: one intra-op thread is fastest, and stalls least when the test machine is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cpcrl(*args: str, cwd: Path, timeout: float = 300, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (what a user types), from `cwd` so outputs/ lands there."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200"}

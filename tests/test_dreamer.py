@@ -14,12 +14,7 @@ TINY = {"tiny": dict(deter=32, units=32, layers=1, stoch=8, latents=4, classes=4
 WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the test machine is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def world_model(name):

@@ -12,14 +12,7 @@ from cpcrl.collector import Collector, evaluate
 from cpcrl.envs.factory import make_cube_env, make_gym_env
 from cpcrl.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: a second intra-op thread buys nothing and stalls badly when the CPU is shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY_PLANNER = {"tiny": {"horizon": 4, "candidates": 32, "top_k": 4, "iterations": 2}}

@@ -156,12 +156,7 @@ def next_iteration(agent, cfg: DictConfig, rng: dict) -> dict:
     return copy.deepcopy(agent_state(agent))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the test machine is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
