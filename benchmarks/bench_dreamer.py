@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cpcrl.agents.dreamer import Dreamer
+from cpcrl.agents import compose_agent
 from cpcrl.collector import Collector
 from cpcrl.device import make_device
 from cpcrl.envs.factory import make_gym_env
@@ -40,10 +40,10 @@ WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
 
 def speed_row(version: str, size: str, env_id: str, updates: int, device: str, precision: str) -> dict:
     envs = make_gym_env(env_id, 4)
-    wm = OmegaConf.load(ROOT / "conf" / "world_model" / f"{WORLD_MODEL[version]}.yaml")
-    agent = Dreamer(envs.single_observation_space, envs.single_action_space, torch.device(device),
-                    world_model=wm, version=version, size=size, prefill=1100, train_ratio=1e-9,
-                    precision=precision, seed=0)
+    agent = compose_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer",
+                          f"agent/dreamer_version={version}", f"agent/dreamer_size={size}",
+                          f"world_model={WORLD_MODEL[version]}", device=device, prefill=1100, train_ratio=1e-9,
+                          precision=precision)
     collector = Collector(envs, torch.device(device), seed=0)
     agent.train_iteration(collector)                      # prefill (random) + one policy step
     t0 = time.perf_counter()

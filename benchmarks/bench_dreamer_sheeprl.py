@@ -94,7 +94,7 @@ def worker_ours(size: str, warmup: int, updates: int) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from cpcrl.agents.dreamer import DEFAULT_SIZES, Dreamer
+    from cpcrl.agents import compose_agent
     from cpcrl.collector import Collector
     from cpcrl.device import make_device
     from cpcrl.envs.factory import make_gym_env
@@ -102,16 +102,17 @@ def worker_ours(size: str, warmup: int, updates: int) -> dict:
     make_device(OmegaConf.load(ROOT / "conf" / "device" / "cpu.yaml"))  # as `cpcrl device=cpu` sets torch up
     torch.manual_seed(0)
     envs = make_gym_env("CartPole-v1", NUM_ENVS)
-    wm = OmegaConf.load(ROOT / "conf" / "world_model" / "rssm_discrete.yaml")
-    agent = Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cpu"), world_model=wm,
-                    version="v3", size=size, prefill=PREFILL, train_ratio=1e-9, precision="fp32", seed=0,
-                    batch_size=BATCH, seq_len=SEQ, horizon=HORIZON)
+    agent = compose_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer", "seed=0",
+                          f"agent/dreamer_size={size}", prefill=PREFILL, train_ratio=1e-9, precision="fp32",
+                          batch_size=BATCH, seq_len=SEQ, horizon=HORIZON)
+    wm = OmegaConf.load(ROOT / "conf" / "agent" / "dreamer_size" / f"{size}.yaml").world_model
     agent.train_iteration(Collector(envs, torch.device("cpu"), seed=0))  # random prefill + one policy step
     times = _timed(agent.update, warmup, updates)
     envs.close()
     count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
     return {"times_s": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "dims": dict(DEFAULT_SIZES[size], activation=str(wm.activation)),
+            "dims": {"deter": wm.deter, "units": wm.hidden, "layers": wm.encoder.layers, "latents": wm.latents,
+                     "classes": wm.classes, "activation": "elu"},
             "params": {"trained": count([*agent.world_model_modules, agent.actor, agent.critic]),
                        "world_model": count(agent.world_model_modules), "actor": count([agent.actor]),
                        "critic": count([agent.critic]),

@@ -23,14 +23,14 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from cpcrl.agents.planet import DEFAULT_PLANNERS, PlaNet
+from cpcrl.agents import compose_agent
+from cpcrl.agents.planet import PlaNet
 from cpcrl.collector import Collector
 from cpcrl.envs.factory import make_gym_env
 
 ROOT = Path(__file__).resolve().parents[1]
-WM = OmegaConf.load(ROOT / "conf" / "world_model" / "rssm_gaussian.yaml")
+PLANNERS = sorted(p.stem for p in (ROOT / "conf" / "agent" / "planner").glob("*.yaml"))  # agent/planner presets
 PENDULUM_OBS = gym.spaces.Box(-8, 8, (3,), np.float32)
 UNIT_ACTION = gym.spaces.Box(-1, 1, (1,), np.float32)
 
@@ -59,8 +59,9 @@ def time_calls(fn, repeats: int) -> float:
 
 def speed(device: torch.device) -> dict:
     rows = []
-    for name, budget in DEFAULT_PLANNERS.items():
-        agent = PlaNet(PENDULUM_OBS, UNIT_ACTION, device, world_model=WM, planner=name)
+    for name in PLANNERS:
+        agent = compose_agent(PENDULUM_OBS, UNIT_ACTION, "agent=planet", f"agent/planner={name}", device=device)
+        budget = agent.plan_cfg.as_dict()
         state = {"s": agent.initial_state(1)}
         obs, first = torch.zeros(1, 3, device=device), torch.zeros(1, dtype=torch.bool, device=device)
 
@@ -74,7 +75,7 @@ def speed(device: torch.device) -> dict:
             ("updates/s vector obs, batch 50 x 50", PENDULUM_OBS, 50, 50, 10),
             ("updates/s 64x64 images, batch 50 x 50", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 50, 50, 2),
             ("updates/s 64x64 images, batch 16 x 32", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 16, 32, 3)]:
-        agent = PlaNet(space, UNIT_ACTION, device, world_model=WM, batch_size=batch, seq_len=length)
+        agent = compose_agent(space, UNIT_ACTION, "agent=planet", device=device, batch_size=batch, seq_len=length)
         fake_episodes(agent, space.shape, space.dtype)
         ups = 1.0 / time_calls(lambda: (agent.update(), sync(device)), repeats)
         rows.append({"what": label, "value": round(ups, 2)})
@@ -86,8 +87,9 @@ def learn(seed: int, episodes: int, planner: str, action_repeat: int, collect_in
           device: torch.device) -> dict:
     torch.manual_seed(seed)
     envs = make_gym_env("Pendulum-v1", num_envs)
-    agent = PlaNet(envs.single_observation_space, envs.single_action_space, device, world_model=WM,
-                   planner=planner, action_repeat=action_repeat, collect_interval=collect_interval, seed=seed)
+    agent = compose_agent(envs.single_observation_space, envs.single_action_space, "agent=planet",
+                          f"agent/planner={planner}", f"seed={seed}", device=device, action_repeat=action_repeat,
+                          collect_interval=collect_interval)
     collector = Collector(envs, device, seed=seed)
     curve, t0 = [], time.perf_counter()
     while collector.episodes < episodes:
@@ -112,7 +114,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--planner", default="cem", choices=list(DEFAULT_PLANNERS))
+    parser.add_argument("--planner", default="cem", choices=PLANNERS)
     parser.add_argument("--action-repeat", type=int, default=4)  # as experiment=planet_pendulum
     parser.add_argument("--collect-interval", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=1)

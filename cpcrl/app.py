@@ -45,12 +45,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines).replace("\t", " ")
 
 
+# Presets chosen like keys: `agent.version=v1` is short for the config group choice `agent/dreamer_version=v1`.
+PRESET_KEYS = {"agent.version": "agent/dreamer_version", "agent.size": "agent/dreamer_size",
+               "agent.planner": "agent/planner"}
+
+
 def _rewrite_args(args: list[str]) -> list[str]:
-    """`checkpoint=PATH` is short for checkpoint.path; `resume=PATH` re-runs that run's overrides in its dir."""
+    """`checkpoint=PATH` is short for checkpoint.path; `resume=PATH` re-runs that run's overrides in its dir;
+    PRESET_KEYS name preset groups (`agent.size=null` drops the preset)."""
     out = []
     for a in args:
+        key, _, value = a.partition("=")
         if a.startswith("checkpoint=") and a != "checkpoint=null":
-            a = "checkpoint.path=" + a.split("=", 1)[1]
+            a = "checkpoint.path=" + value
+        elif key in PRESET_KEYS:
+            a = f"~{PRESET_KEYS[key]}" if value == "null" else f"{PRESET_KEYS[key]}={value}"
         out.append(a)
     resume = [a.split("=", 1)[1] for a in out if a.startswith("resume=") and a != "resume=null"]
     if resume:
@@ -63,11 +72,11 @@ def _rewrite_args(args: list[str]) -> list[str]:
                  if not o.startswith(("resume=", "hydra.run.dir="))]
         out = saved + [a if not a.startswith("resume=") else f"resume={ckpt}" for a in out]
         out.append(f"hydra.run.dir={run_dir}")
-    mode_eval = "mode=eval" in out
+    mode = next((m for m in ("eval", "solve") if f"mode={m}" in out), None)  # they write into the trained run's dir
     paths = [a.split("=", 1)[1] for a in out if a.startswith("checkpoint.path=")]
-    if mode_eval and paths and not any(a.startswith("hydra.run.dir=") for a in out):
+    if mode and paths and not any(a.startswith("hydra.run.dir=") for a in out):
         run_dir = find_checkpoint(paths[-1]).resolve().parent.parent
-        out.append(f"hydra.run.dir={run_dir}/eval/" + "${now:%Y-%m-%d_%H-%M-%S}")
+        out.append(f"hydra.run.dir={run_dir}/{mode}/" + "${now:%Y-%m-%d_%H-%M-%S}")
     return out
 
 
@@ -136,7 +145,7 @@ def _discard(run_dir: Path) -> None:
 @hydra.main(config_path="pkg://" + CONFIG_MODULE, config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     from cpcrl import device as devices
-    from cpcrl.train import TrainingDiverged, evaluate_checkpoint, train
+    from cpcrl.train import TrainingDiverged, evaluate_checkpoint, solve_checkpoint, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     console = Console(stderr=False)
@@ -146,6 +155,8 @@ def run(cfg: DictConfig) -> float | None:
         devices.seed_everything(int(cfg.seed))
         if cfg.mode == "eval":
             result = evaluate_checkpoint(cfg, run_dir, device, console)
+        elif cfg.mode == "solve":
+            result = solve_checkpoint(cfg, run_dir, device, console)
         else:
             _name_the_run(cfg)
             result = train(cfg, run_dir, device, console)

@@ -1,16 +1,40 @@
-"""Checks on a composed config that Hydra cannot make: values, and which parts fit together."""
+"""The typed configs (agents' and world models' hyper-parameter dataclasses as Hydra schemas), and the checks of a
+composed config: run keys here, every hyper-parameter by its dataclass (`cpcrl.checks`), all before a run dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf, errors as oc_errors
 
+from cpcrl.checks import choice, integer, non_negative_int, number, positive_int
 from cpcrl.device import check_device
 from cpcrl.errors import ConfigError
 
-MODES = ("train", "eval")
+# The schema each yaml file builds on (`defaults: [/agent_ppo_lstm@_here_, ...]`): name -> dataclass.
+SCHEMAS = {
+    "agent_reinforce": "cpcrl.agents.reinforce.ReinforceConfig",
+    "agent_ppo_lstm": "cpcrl.agents.ppo_lstm.PPOConfig",
+    "agent_cpc_rl": "cpcrl.agents.cpc_rl.CPCRLConfig",
+    "agent_planet": "cpcrl.agents.planet.PlaNetConfig",
+    "agent_dreamer": "cpcrl.agents.dreamer.DreamerConfig",
+    "agent_random": "cpcrl.agents.random.RandomConfig",
+    "world_model_none": "cpcrl.agents.base.NoWorldModel",
+    "world_model_lstm": "cpcrl.nets.recurrent.LSTMConfig",
+    "world_model_rssm": "cpcrl.objectives.world_model.WorldModelConfig",
+}
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore (cpcrl.conf does it on import, before any yaml is read)."""
+    store = ConfigStore.instance()
+    for name, path in SCHEMAS.items():
+        store.store(name=name, node=hydra.utils.get_class(path))
+
+MODES = ("train", "eval", "solve")
 DIRNAME_LIMIT = 120
 
 
@@ -26,45 +50,75 @@ def short_dirname(name: str) -> str:
 OmegaConf.register_new_resolver("cpcrl.short_dirname", short_dirname, replace=True)
 
 
-def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
+def _get(cfg: DictConfig, key: str):
     value = cfg
     for part in key.split("."):
         value = value[part]
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        want = "a non-negative integer" if allow_zero else "a positive integer"
-        raise ConfigError(f"{key}={value!r}: must be {want}")
+    return value
+
+
+def typed(schema: type, node, key: str):
+    """`node` (a config node or dict, e.g. a saved run's) as the dataclass `schema`, every field checked.
+    Unknown keys and wrong types become one ConfigError line naming the key."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except oc_errors.ConfigKeyError as e:
+        where = f"{key}.{e.full_key}" if e.full_key else key
+        parent = where.rsplit(".", 1)[0]
+        valid = [f.name for f in dataclasses.fields(e.object_type)] if dataclasses.is_dataclass(e.object_type) else []
+        raise ConfigError(f"{where}: no such key in {parent}; valid are {', '.join(valid)}") from None
+    except oc_errors.OmegaConfBaseException as e:
+        where = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def agent_class(agent_cfg) -> type:
+    target = agent_cfg["_target_"]
+    try:
+        return hydra.utils.get_class(target)
+    except Exception as e:
+        raise ConfigError(f"agent._target_={target!r} cannot be imported: {e}") from None
+
+
+def typed_agent_configs(agent_cfg, world_model_cfg) -> tuple[type, object, object]:
+    """-> (agent class, its checked hyper-parameters, the checked world model); the one place where an agent
+    and a world model are matched."""
+    cls = agent_class(agent_cfg)
+    name = world_model_cfg["name"]
+    if name not in cls.world_models:
+        raise ConfigError(f"agent={agent_cfg['name']} does not fit world_model={name}: "
+                          f"valid are {', '.join(cls.world_models)}")
+    world_model = typed(cls.world_models[name], world_model_cfg, "world_model")
+    params = typed(cls.Config, agent_cfg, "agent")
+    params.check_world_model(world_model)
+    return cls, params, world_model
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode!r}: valid are {', '.join(MODES)}")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r}: must be a non-negative integer")
+    choice("mode", cfg.mode, MODES)
+    non_negative_int("seed", cfg.seed)
     for key in ("train.total_steps", "train.log_every", "eval.episodes", "eval.num_envs", "env.num_envs"):
-        _positive(cfg, key)
+        positive_int(key, _get(cfg, key))
     for key in ("eval.every", "checkpoint.every", "checkpoint.keep"):
-        _positive(cfg, key, allow_zero=True)
-    if "scramble_depth" in cfg.env:
-        _positive(cfg, "env.scramble_depth", allow_zero=True)
-        _positive(cfg, "env.max_steps")
+        non_negative_int(key, _get(cfg, key))
+    if cfg.env.get("_target_") == "cpcrl.envs.cube2x2.make_vector_env":  # the cube checks its keys itself
+        from cpcrl.envs import cube2x2
+
+        cube2x2.check_config(**OmegaConf.to_container(cfg.env, resolve=True))
     for d in cfg.eval.depths:
         if not isinstance(d, int) or d < 0:
             raise ConfigError(f"eval.depths={list(cfg.eval.depths)}: must be non-negative integers")
     check_device(cfg.device)
-    m = cfg.train.get("max_minutes")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0):
-        raise ConfigError(f"train.max_minutes={m!r}: must be a positive number of minutes or null (no limit)")
-    k = cfg.eval.get("reset_hidden_every")
-    if k is not None and (not isinstance(k, int) or k <= 0):
-        raise ConfigError(f"eval.reset_hidden_every={k!r}: must be a positive integer or null")
-    if cfg.mode == "eval" and not cfg.checkpoint.path:
-        raise ConfigError("mode=eval needs a checkpoint: add checkpoint=<path to .pt or run dir>")
+    number("train.max_minutes", cfg.train.get("max_minutes"), low=0, low_open=True, optional=True, unit="minutes")
+    integer("eval.reset_hidden_every", cfg.eval.get("reset_hidden_every"), optional=True)
+    for key in ("eval.cube_uniform_states", "eval.cube_per_distance"):
+        non_negative_int(key, _get(cfg, key))
+    positive_int("eval.cube_max_steps", cfg.eval.cube_max_steps)
+    for key in ("solve.cubes", "solve.beam_width", "solve.max_depth", "solve.max_beams"):
+        positive_int(key, _get(cfg, key))
+    number("solve.value_weight", cfg.solve.value_weight)
+    if cfg.mode in ("eval", "solve") and not cfg.checkpoint.path:
+        raise ConfigError(f"mode={cfg.mode} needs a checkpoint: add checkpoint=<path to .pt or run dir>")
     if cfg.mode == "train":
-        try:
-            cls = hydra.utils.get_class(cfg.agent._target_)
-        except Exception as e:
-            raise ConfigError(f"agent._target_={cfg.agent._target_!r} cannot be imported: {e}") from None
-        if cfg.world_model.name not in cls.world_models:
-            raise ConfigError(f"agent={cfg.agent.name} does not fit world_model={cfg.world_model.name}: "
-                              f"valid are {', '.join(cls.world_models)}")
+        typed_agent_configs(cfg.agent, cfg.world_model)

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import torch
 
+from cpcrl.checks import choice, optional_positive_int
 from cpcrl.errors import ConfigError
 
 
@@ -22,10 +23,8 @@ def check_device(cfg) -> None:
                           f"{torch.__version__}); use device=cpu or device=auto, or install a CUDA build "
                           "with `make TORCH=\"torch==<ver> --index-url https://download.pytorch.org/whl/cu128\" "
                           "install`")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"device.precision={cfg.precision!r}: valid are fp32, bf16")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads <= 0):
-        raise ConfigError(f"device.threads={cfg.threads!r}: must be a positive integer or null")
+    choice("device.precision", cfg.precision, ("fp32", "bf16"))
+    optional_positive_int("device.threads", cfg.threads)
 
 
 def keep_freed_memory() -> bool:

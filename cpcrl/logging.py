@@ -11,15 +11,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cpcrl.errors import ConfigError
+from cpcrl.checks import choice
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def wandb_mode(requested: str) -> str:
     """`auto` never stops to ask for a login: online only when a key is already configured."""
-    if requested not in WANDB_MODES:
-        raise ConfigError(f"logger.mode={requested!r}: valid are {', '.join(WANDB_MODES)}")
+    choice("logger.mode", requested, WANDB_MODES)
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE"):

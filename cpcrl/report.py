@@ -1,14 +1,30 @@
 """`cpcrl-report`: compare runs from their local files (no W&B needed).
 
-Runs are grouped by the command-line overrides that differ between them, seeds pooled; each group gets
-the final metric's mean with a 95% bootstrap CI, env steps to a threshold, and SPS. Writes report.md,
-report.csv and learning curves (mean and CI band over seeds against env steps) next to the runs.
+Runs are grouped into configs by the command-line overrides that differ between them (seeds pooled; in a
+suite, the task key too). The statistics are in cpcrl/stats.py.
+
+Final score of a run (the one definition every table, CI and plot uses): the mean of the metric over the
+run's last K evaluations in metrics.jsonl (K = --last-k, default 3; the last one is the final evaluation,
+the one in summary.json), not the best one; a run without evaluation rows falls back to summary.json's value.
+
+Without a suite: per config, the mean final score with a 95% bootstrap CI over seeds, the solve rate, env
+steps until the metric first reaches --threshold, SPS; learning curves (mean and CI band over seeds).
+
+With a suite (runs made with `suite=<name>`, whose config carries the tasks' random and reference scores,
+or `--suite <name>` for runs made without it): every final score is normalised per task,
+(score - random) / (reference - random), and per config the report gives the mean, median, IQM and
+optimality gap over all tasks and runs, each with a 95% stratified-bootstrap CI (runs resampled within each
+task), the probability of improvement for every pair of configs (or each against --baseline, or the
+--pair's named), a performance profile and an IQM sample-efficiency curve (CI bands), beside a per-task table.
+--threshold then applies to the normalised score. Writes report.md, report.csv (per config and task),
+report_aggregates.csv, report_improvement.csv and the PNGs next to the runs; --wandb pushes them to one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 from collections import defaultdict
@@ -16,49 +32,115 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from rich.console import Console
-from rich.table import Table
+
+from cpcrl import stats
+from cpcrl.stats import mean_interval as bootstrap_ci  # noqa: F401  (the per-config mean CI; tests import it here)
 
 IGNORED = ("seed", "resume", "checkpoint", "checkpoint.path", "logger", "device", "mode")
+LAST_K = 3  # evaluations averaged into a run's final score
+CURVE_POINTS = 25  # env-step grid of the sample-efficiency curve
+PROFILE_POINTS = 101  # tau grid of the performance profile
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: reading 1,000 runs stays fast
+
+
+class ReportError(Exception):
+    """Bad input to cpcrl-report: printed as one line, exit status 2."""
+
+
+def _suite_dir() -> Path:
+    """conf/suite/ as installed (the top-level conf/ is the package cpcrl.conf)."""
+    import cpcrl.conf
+
+    return Path(cpcrl.conf.__path__[0]) / "suite"
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in _suite_dir().glob("*.yaml"))
+
+
+def load_suite(name: str) -> dict:
+    """A packaged suite's definition: {name, key, metric, tasks: {task: {random, reference}}}."""
+    path = _suite_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise ReportError(f"--suite {name!r} is not a suite; valid are {', '.join(suite_names())}")
+    return _clean_suite(yaml.load(path.read_text(), Loader=Loader)["suite"])
+
+
+def _clean_suite(suite: dict) -> dict:
+    return {"name": str(suite["name"]), "key": str(suite["key"]), "metric": str(suite["metric"]),
+            "tasks": {str(k): {"random": float(v["random"]), "reference": float(v["reference"])}
+                      for k, v in suite["tasks"].items()}}
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
+    """The finished runs (dirs with summary.json) given or under the paths; a given run dir must be finished."""
     runs = []
     for p in paths:
         if (p / "summary.json").exists():
             runs.append(p)
-        elif p.is_dir():
-            runs += sorted(s.parent for s in p.rglob("summary.json") if "eval" not in s.parent.parts[-2:-1])
+            continue
+        if (p / ".hydra").is_dir() or (p / "metrics.jsonl").exists():
+            raise ReportError(f"{p} has no summary.json: the run has not finished (a run writes it after its "
+                              "final evaluation); give finished run dirs or a sweep dir")
+        if p.is_dir():
+            runs += [s.parent for s in p.rglob("summary.json") if s.parent.parent.name != "eval"]
     return sorted(set(runs))
+
+
+def unfinished_runs(paths: list[Path]) -> list[Path]:
+    """Run dirs under the paths with metrics.jsonl but no summary.json (killed or still running)."""
+    return sorted({m.parent for p in paths if p.is_dir() for m in p.rglob("metrics.jsonl")
+                   if not (m.parent / "summary.json").exists()})
 
 
 def load_run(run: Path) -> dict:
     overrides_file = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    overrides = yaml.load(overrides_file.read_text(), Loader=Loader) or [] if overrides_file.exists() else []
     pairs = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (run / "metrics.jsonl").exists() else []
-    return {"dir": run, "overrides": pairs, "summary": json.loads((run / "summary.json").read_text()), "rows": rows}
+    metrics = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    config_file = run / ".hydra" / "config.yaml"
+    config_text = config_file.read_text() if config_file.exists() else ""
+    suite = None
+    if "\nsuite:" in config_text:  # parse the config only when the run was made with suite=
+        suite = _clean_suite(yaml.load(config_text, Loader=Loader)["suite"])
+    return {"dir": run, "overrides": pairs, "summary": json.loads((run / "summary.json").read_text()),
+            "rows": rows, "suite": suite, "config_file": config_file}
 
 
-def bootstrap_ci(values, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and the 2.5/97.5 percentiles of the mean over resampled seeds."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    means = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def final_score(run: dict, metric: str, last_k: int = LAST_K) -> float | None:
+    """The mean of `metric` over the run's last `last_k` evaluation rows (summary.json's value if none)."""
+    values = [r[metric] for r in run["rows"] if r.get(metric) is not None]
+    if values:
+        return float(np.mean(values[-last_k:]))
+    value = run["summary"].get(metric)
+    return None if value is None else float(value)
 
 
-def steps_to_threshold(rows: list[dict], metric: str, threshold: float) -> float:
+def run_task(run: dict, key: str) -> str | None:
+    """The run's task in a suite: its value of the suite key (the override, else its config's value)."""
+    if key in run["overrides"]:
+        return run["overrides"][key]
+    if not run["config_file"].exists():
+        return None
+    value = yaml.load(run["config_file"].read_text(), Loader=Loader)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, dict):  # a config group (env=...): its option's name
+        value = value.get("name")
+    return None if value is None else str(value)
+
+
+def steps_to_threshold(rows: list[dict], metric: str, threshold: float, transform=None) -> float:
     for r in rows:
-        if r.get(metric) is not None and r[metric] >= threshold:
+        if r.get(metric) is not None and (transform(r[metric]) if transform else r[metric]) >= threshold:
             return float(r["env_step"])
     return float("inf")
 
 
-def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
-    keys = sorted({k for r in runs for k in r["overrides"]} - set(IGNORED))
+def group_runs(runs: list[dict], exclude: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """Configs: runs with the same values of the overrides that differ between runs (seeds, `exclude` pooled)."""
+    keys = sorted({k for r in runs for k in r["overrides"]} - set(IGNORED) - set(exclude))
     differing = [k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1]
     groups = defaultdict(list)
     for r in runs:
@@ -67,18 +149,43 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def summarise(groups: dict[str, list[dict]], metric: str, threshold: float | None) -> list[dict]:
+def resolve_suite(runs: list[dict], name: str | None) -> dict | None:
+    if name is not None:
+        return load_suite(name)
+    found = {r["suite"]["name"]: r["suite"] for r in runs if r["suite"] is not None}
+    if len(found) > 1:
+        raise ReportError(f"the runs come from several suites ({', '.join(sorted(found))}); report one at a time "
+                          "or pass --suite NAME")
+    return next(iter(found.values()), None)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _normaliser(suite: dict | None, task: str):
+    if suite is None:
+        return None
+    scores = suite["tasks"][task]
+    return lambda v: float(stats.normalise(v, scores["random"], scores["reference"]))
+
+
+def per_task_table(cells: dict[tuple[str, str], list[dict]], metric: str, suite: dict | None,
+                   threshold: float | None, last_k: int) -> list[dict]:
+    """One row per (config, task): the final score's mean and CI over seeds, normalised, steps, SPS."""
     table = []
-    for label, runs in groups.items():
-        finals = [r["summary"][metric] for r in runs if r["summary"].get(metric) is not None]
-        row = {"config": label, "seeds": len(runs)}
+    for (label, task), runs in cells.items():
+        norm = _normaliser(suite, task)
+        row = {"config": label} | ({"task": task} if suite else {}) | {"seeds": len(runs)}
+        finals = [v for v in (final_score(r, metric, last_k) for r in runs) if v is not None]
         if finals:
             row["mean"], row["ci_low"], row["ci_high"] = bootstrap_ci(finals)
+            if norm:
+                row["normalised"] = float(np.mean([norm(v) for v in finals]))
         solves = [r["summary"]["eval/solve_rate"] for r in runs if "eval/solve_rate" in r["summary"]]
         if solves:
             row["solve_rate"], row["solve_ci_low"], row["solve_ci_high"] = bootstrap_ci(solves)
         if threshold is not None:
-            steps = [steps_to_threshold(r["rows"], metric, threshold) for r in runs]
+            steps = [steps_to_threshold(r["rows"], metric, threshold, norm) for r in runs]
             row["steps_to_threshold"] = float(np.median(steps))
             row["reached"] = f"{sum(np.isfinite(steps))}/{len(steps)}"
         sps = [r["summary"]["perf/sps"] for r in runs if "perf/sps" in r["summary"]]
@@ -87,30 +194,163 @@ def summarise(groups: dict[str, list[dict]], metric: str, threshold: float | Non
     return table
 
 
-def plot_curves(groups: dict[str, list[dict]], metric: str, path: Path) -> None:
+def normalised_scores(cells, metric: str, suite: dict, last_k: int) -> dict[str, dict[str, np.ndarray]]:
+    """config -> task -> the normalised final scores of its runs."""
+    out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for (label, task), runs in cells.items():
+        norm = _normaliser(suite, task)
+        values = [norm(v) for v in (final_score(r, metric, last_k) for r in runs) if v is not None]
+        if values:
+            out[label][task] = np.asarray(values)
+    return dict(out)
+
+
+def aggregate_table(scores: dict[str, dict[str, np.ndarray]], reps: int) -> list[dict]:
+    table = []
+    for label, per_task in scores.items():
+        row = {"config": label, "runs": sum(len(v) for v in per_task.values()), "tasks": len(per_task)}
+        for name, (point, low, high) in stats.aggregate_intervals(list(per_task.values()), reps).items():
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = point, low, high
+        table.append(row)
+    return table
+
+
+def improvement_pairs(labels: list[str], baseline: str | None, pairs: list[list[str]] | None) -> list[tuple[str, str]]:
+    for name in [baseline] + [x for p in pairs or [] for x in p]:
+        if name is not None and name not in labels:
+            raise ReportError(f"{name!r} is not a config of these runs; valid are: {' | '.join(labels)}")
+    if pairs:
+        return [(x, y) for x, y in pairs]
+    if baseline is not None:
+        return [(x, baseline) for x in labels if x != baseline]
+    return list(itertools.combinations(labels, 2))
+
+
+def improvement_table(scores: dict[str, dict[str, np.ndarray]], pairs: list[tuple[str, str]], reps: int) -> list[dict]:
+    """P(X > Y) with its CI, on the tasks both configs ran."""
+    table = []
+    for x, y in pairs:
+        common = sorted(set(scores[x]) & set(scores[y]))
+        row = {"x": x, "y": y, "tasks": len(common)}
+        if common:
+            point, low, high = stats.bootstrap_interval(
+                stats.probability_of_improvement, [[scores[x][t] for t in common], [scores[y][t] for t in common]],
+                reps)
+            row |= {"p": float(point), "p_low": float(low), "p_high": float(high)}
+        table.append(row)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, runs in groups.items():
-        curves = [[(r["env_step"], r[metric]) for r in run["rows"] if r.get(metric) is not None] for run in runs]
-        curves = [np.asarray(c) for c in curves if len(c)]
+    return plt
+
+
+def _curve(run: dict, metric: str, transform=None) -> np.ndarray:
+    points = [(r["env_step"], transform(r[metric]) if transform else r[metric])
+              for r in run["rows"] if r.get(metric) is not None]
+    return np.asarray(points, dtype=float).reshape(-1, 2)
+
+
+def plot_curves(cells, metric: str, path: Path, tasks: list[str]) -> None:
+    """The raw metric against env steps, one panel per task, mean and CI band over seeds per config."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (label, t), runs in cells.items():
+            curves = [c for c in (_curve(r, metric) for r in runs) if len(c)]
+            if t != task or not curves:
+                continue
+            grid = np.unique(np.concatenate([c[:, 0] for c in curves]))
+            ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
+            bands = np.array([bootstrap_ci(col, reps=1000) for col in ys.T])
+            ax.plot(grid, bands[:, 0], label=f"{label} (n={len(curves)})")
+            ax.fill_between(grid, bands[:, 1], bands[:, 2], alpha=0.2)
+        ax.set_title(task if task != "-" else "", fontsize=10)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def profile_taus(scores: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+    pooled = np.concatenate([v for per_task in scores.values() for v in per_task.values()])
+    return np.linspace(min(0.0, pooled.min()), max(1.0, pooled.max()), PROFILE_POINTS)
+
+
+def plot_profiles(scores, path: Path, reps: int) -> dict[str, dict]:
+    """Performance profiles: the fraction of runs with normalised score > tau, with a CI band."""
+    plt = _plt()
+    taus = profile_taus(scores)
+    out = {}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, per_task in scores.items():
+        point, low, high = stats.bootstrap_interval(lambda t: stats.performance_profile(t, taus),
+                                                    [list(per_task.values())], reps)
+        out[label] = {"tau": taus.tolist(), "fraction": point.tolist(), "low": low.tolist(), "high": high.tolist()}
+        ax.plot(taus, point, label=label)
+        ax.fill_between(taus, low, high, alpha=0.2)
+    ax.set_xlabel("normalised score tau")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_sample_efficiency(cells, metric: str, suite: dict, path: Path, reps: int) -> dict[str, dict]:
+    """IQM of the normalised score against env steps (each run's eval curve interpolated), with a CI band."""
+    plt = _plt()
+    by_config: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for (label, task), runs in cells.items():
+        norm = _normaliser(suite, task)
+        by_config[label][task] += [c for c in (_curve(r, metric, norm) for r in runs) if len(c)]
+    out = {}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, per_task in by_config.items():
+        curves = [c for cs in per_task.values() for c in cs]
         if not curves:
             continue
-        grid = np.unique(np.concatenate([c[:, 0] for c in curves]))
-        ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
-        bands = np.array([bootstrap_ci(col, n_boot=1000) for col in ys.T])
-        ax.plot(grid, bands[:, 0], label=f"{label} (n={len(curves)})")
+        grid = np.linspace(max(c[0, 0] for c in curves), min(c[-1, 0] for c in curves), CURVE_POINTS)
+        at = [np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in cs], -1) for cs in per_task.values()]
+        bands = np.array([stats.bootstrap_interval(stats.iqm, [[a[g] for a in at]], min(reps, 1000))
+                          for g in range(len(grid))], dtype=float)
+        out[label] = {"env_step": grid.tolist(), "iqm": bands[:, 0].tolist(), "low": bands[:, 1].tolist(),
+                      "high": bands[:, 2].tolist()}
+        ax.plot(grid, bands[:, 0], label=label)
         ax.fill_between(grid, bands[:, 1], bands[:, 2], alpha=0.2)
     ax.set_xlabel("env steps")
-    ax.set_ylabel(metric)
+    ax.set_ylabel("IQM normalised score")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _ci(row: dict, key: str, digits: str = ".3g") -> str:
+    if key not in row:
+        return "-"
+    return f"{row[key]:{digits}} [{row[f'{key}_low']:{digits}}, {row[f'{key}_high']:{digits}}]"
 
 
 def _fmt(row: dict, key: str) -> str:
@@ -123,79 +363,224 @@ def _fmt(row: dict, key: str) -> str:
     if key == "steps_to_threshold":
         v = row[key]
         return (f"{v:,.0f}" if np.isfinite(v) else "not reached") + f" ({row['reached']})"
+    if key == "normalised":
+        return f"{row[key]:.3f}"
     return f"{row[key]:,.0f}" if isinstance(row[key], float) else str(row[key])
 
 
-COLUMNS = [("config", "config"), ("seeds", "seeds"), ("mean", "final {metric} (95% CI)"),
-           ("solve_rate", "solve rate (95% CI)"), ("steps_to_threshold", "steps to {threshold}"), ("sps", "SPS")]
+TASK_COLUMNS = [("config", "config"), ("task", "task"), ("seeds", "seeds"), ("mean", "final {metric} (95% CI)"),
+                ("normalised", "normalised"), ("solve_rate", "solve rate (95% CI)"),
+                ("steps_to_threshold", "steps to {threshold}"), ("sps", "SPS")]
+AGGREGATE_COLUMNS = [("mean", "mean"), ("median", "median"), ("iqm", "IQM"), ("optimality_gap", "optimality gap")]
 
 
-def write_report(table: list[dict], out: Path, metric: str, threshold: float | None) -> None:
-    heads = [h.format(metric=metric, threshold=threshold) for _, h in COLUMNS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in table]
-    (out / "report.md").write_text(f"# cpcrl report\n\nMetric: `{metric}`, mean over seeds with a 95% bootstrap CI."
-                                   "\n\n" + "\n".join(lines) + "\n\n![curves](curves.png)\n")
-    fields = sorted({k for r in table for k in r}, key=lambda k: (k != "config", k))
-    with open(out / "report.csv", "w", newline="") as f:
+def _md_table(heads: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _write_csv(path: Path, table: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in table for k in r))
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
 
 
-def push_to_wandb(table: list[dict], out: Path, project: str) -> None:
+def task_columns(suite: dict | None) -> list[tuple[str, str]]:
+    return [c for c in TASK_COLUMNS if suite or c[0] not in ("task", "normalised")]
+
+
+def write_report(out: Path, metric: str, threshold: float | None, last_k: int, suite: dict | None,
+                 tasks_table: list[dict], aggregates: list[dict], improvement: list[dict], images: list[str],
+                 notes: list[str]) -> None:
+    cols = task_columns(suite)
+    lines = ["# cpcrl report", ""]
+    lines.append(f"Final score of a run: the mean of `{metric}` over its last {last_k} evaluations "
+                 "(the last is the final evaluation). CIs are 95%.")
+    if suite:
+        lines += ["", f"Suite `{suite['name']}` (task = `{suite['key']}`); normalised score = (score - random) / "
+                  "(reference - random); aggregates over all tasks and runs with stratified-bootstrap CIs "
+                  "(runs resampled within each task).", ""]
+        lines += _md_table(["task", "random", "reference"],
+                           [[t, f"{s['random']:.4g}", f"{s['reference']:.4g}"] for t, s in suite["tasks"].items()])
+    if aggregates:
+        lines += ["", "## Aggregates (normalised final scores)", ""]
+        lines += _md_table(["config", "runs", "tasks"] + [h for _, h in AGGREGATE_COLUMNS],
+                           [[r["config"], str(r["runs"]), str(r["tasks"])] + [_ci(r, k) for k, _ in AGGREGATE_COLUMNS]
+                            for r in aggregates])
+    if improvement:
+        lines += ["", "## Probability of improvement P(X > Y)", ""]
+        lines += _md_table(["X", "Y", "tasks", "P(X > Y) (95% CI)"],
+                           [[r["x"], r["y"], str(r["tasks"]), _ci(r, "p", ".3f")] for r in improvement])
+    lines += ["", "## Per task" if suite else "## Per config", ""]
+    lines += _md_table([h.format(metric=metric, threshold=threshold) for _, h in cols],
+                       [[_fmt(r, k) for k, _ in cols] for r in tasks_table])
+    lines += [""] + [f"- {n}" for n in notes] + [""] + [f"![{Path(i).stem}]({i})" for i in images]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _write_csv(out / "report.csv", tasks_table)
+    if aggregates:
+        _write_csv(out / "report_aggregates.csv", aggregates)
+    if improvement:
+        _write_csv(out / "report_improvement.csv", improvement)
+
+
+def push_to_wandb(tables: dict[str, list[dict]], out: Path, images: list[str], project: str) -> None:
+    """One report run: every table and every plot."""
     import wandb
 
     from cpcrl.logging import wandb_mode
 
     run = wandb.init(project=project, job_type="report", name=f"report-{out.name}", dir=str(out),
                      mode=wandb_mode("auto"), settings=wandb.Settings(silent=True, console="off"))
-    fields = sorted({k for r in table for k in r}, key=lambda k: (k != "config", k))
-    run.log({"report/table": wandb.Table(columns=fields, data=[[r.get(k) for k in fields] for r in table]),
-             "report/curves": wandb.Image(str(out / "curves.png"))})
+    logged = {}
+    for name, table in tables.items():
+        if table:
+            fields = list(dict.fromkeys(k for r in table for k in r))
+            logged[f"report/{name}"] = wandb.Table(columns=fields, data=[[r.get(k) for k in fields] for r in table])
+    for image in images:
+        logged[f"report/{Path(image).stem}"] = wandb.Image(str(out / image))
+    run.log(logged)
     run.finish()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpcrl-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep dirs or run dirs")
-    parser.add_argument("--metric", default="eval/return_mean", help="final/curve metric (default eval/return_mean)")
-    parser.add_argument("--threshold", type=float, default=None, help="report env steps until metric >= this")
+    parser.add_argument("--metric", default=None,
+                        help="final/curve metric (default: the suite's metric, else eval/return_mean)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="report env steps until the metric (normalised in a suite) first reaches this")
+    parser.add_argument("--last-k", type=int, default=LAST_K,
+                        help=f"evaluations averaged into a run's final score (default {LAST_K})")
+    parser.add_argument("--suite", default=None,
+                        help="score the runs as tasks of this suite (default: the suite the runs were made with)")
+    parser.add_argument("--baseline", default=None, help="P(X > baseline) for every other config X")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("X", "Y"), default=None,
+                        help="P(X > Y) for this pair of configs (repeatable); default: every pair")
+    parser.add_argument("--reps", type=int, default=stats.REPS,
+                        help=f"bootstrap replicates (default {stats.REPS})")
     parser.add_argument("--out", type=Path, default=None, help="where report.* go (default: the first path)")
-    parser.add_argument("--wandb", action="store_true", help="also push the table and plot to a W&B run")
+    parser.add_argument("--wandb", action="store_true", help="also push the tables and plots to a W&B run")
     parser.add_argument("--project", default="cpcrl")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def report(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Everything but the console: -> (out dir, {tables, images, notes, suite, metric})."""
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
-        print(f"cpcrl-report: error: {', '.join(missing)} does not exist", file=sys.stderr)
-        return 2
-    runs = [load_run(r) for r in find_runs(args.paths)]
-    if not runs:
-        print(f"cpcrl-report: error: no runs under {', '.join(map(str, args.paths))} "
-              "(a run dir holds summary.json; give a sweep dir or run dirs)", file=sys.stderr)
-        return 2
-    if not any(args.metric in r["summary"] for r in runs):
+        raise ReportError(f"{', '.join(missing)} does not exist")
+    if args.last_k < 1 or args.reps < 1:
+        raise ReportError(f"--last-k={args.last_k} --reps={args.reps}: both must be at least 1")
+    found, unfinished = find_runs(args.paths), unfinished_runs(args.paths)
+    if not found:
+        raise ReportError(f"no finished runs under {', '.join(map(str, args.paths))} "
+                          "(a run dir holds summary.json; give a sweep dir or run dirs)")
+    runs = [load_run(r) for r in found]
+    notes = [f"skipped {len(unfinished)} unfinished run(s) without summary.json, e.g. {unfinished[0]}"] \
+        if unfinished else []
+    suite = resolve_suite(runs, args.suite)
+    metric = args.metric or (suite["metric"] if suite else "eval/return_mean")
+    if suite and metric != suite["metric"]:
+        raise ReportError(f"--metric {metric}: suite {suite['name']}'s random and reference scores are for "
+                          f"{suite['metric']}")
+    if not any(metric in r["summary"] for r in runs):
         valid = sorted({k for r in runs for k, v in r["summary"].items() if isinstance(v, (int, float))})
-        print(f"cpcrl-report: error: no run has {args.metric!r}; valid are {', '.join(valid)}", file=sys.stderr)
-        return 2
+        raise ReportError(f"no run has {metric!r}; valid are {', '.join(valid)}")
+
+    if suite:
+        tasks_of = {id(r): run_task(r, suite["key"]) for r in runs}
+        outside = [r for r in runs if tasks_of[id(r)] not in suite["tasks"]]
+        runs = [r for r in runs if tasks_of[id(r)] in suite["tasks"]]
+        if not runs:
+            raise ReportError(f"no run is a task of suite {suite['name']} ({suite['key']} in "
+                              f"{', '.join(suite['tasks'])})")
+        if outside:
+            notes.append(f"ignored {len(outside)} run(s) whose {suite['key']} is not a task of suite {suite['name']}")
+        groups = group_runs(runs, exclude=("suite", suite["key"]))
+        order = [t for t in suite["tasks"] if any(tasks_of[id(r)] == t for r in runs)]
+        cells = {(label, t): [r for r in g if tasks_of[id(r)] == t] for label, g in groups.items() for t in order}
+        cells = {k: v for k, v in cells.items() if v}
+    else:
+        groups = group_runs(runs)
+        order = ["-"]
+        cells = {(label, "-"): g for label, g in groups.items()}
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
-    table = summarise(groups, args.metric, args.threshold)
-    write_report(table, out, args.metric, args.threshold)
-    plot_curves(groups, args.metric, out / "curves.png")
+
+    tasks_table = per_task_table(cells, metric, suite, args.threshold, args.last_k)
+    images = ["curves.png"]
+    plot_curves(cells, metric, out / "curves.png", order)
+    aggregates, improvement, curves = [], [], {}
+    labels = list(groups)
+    if suite:
+        scores = normalised_scores(cells, metric, suite, args.last_k)
+        aggregates = aggregate_table(scores, args.reps)
+        lacking = [label for label, per_task in scores.items() if len(per_task) < len(suite["tasks"])]
+        if lacking:
+            notes.append(f"configs without runs on every task (aggregated over the tasks they have): "
+                         f"{' | '.join(lacking)}")
+        pairs = improvement_pairs(labels, args.baseline, args.pair)
+        improvement = improvement_table(scores, pairs, args.reps)
+        curves["profile"] = plot_profiles(scores, out / "profile.png", args.reps)
+        curves["sample_efficiency"] = plot_sample_efficiency(cells, metric, suite, out / "sample_efficiency.png",
+                                                             args.reps)
+        images += ["profile.png", "sample_efficiency.png"]
+    elif args.baseline or args.pair:  # one task: P(X > Y) over seeds needs no normalisation
+        scores = {label: {"-": np.asarray([final_score(r, metric, args.last_k) for r in g
+                                           if final_score(r, metric, args.last_k) is not None])}
+                  for label, g in groups.items()}
+        improvement = improvement_table(scores, improvement_pairs(labels, args.baseline, args.pair), args.reps)
+    write_report(out, metric, args.threshold, args.last_k, suite, tasks_table, aggregates, improvement, images, notes)
+    (out / "report_curves.json").write_text(json.dumps(curves))
+    return out, {"tables": {"table": tasks_table, "aggregates": aggregates, "improvement": improvement},
+                 "images": images, "notes": notes, "suite": suite, "metric": metric, "runs": len(runs),
+                 "configs": len(groups)}
+
+
+def print_report(out: Path, result: dict, threshold: float | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console()
-    rich_table = Table(title=f"{len(runs)} runs, {len(groups)} configs", header_style="bold")
-    for _, head in COLUMNS:
-        rich_table.add_column(head.format(metric=args.metric, threshold=args.threshold))
-    for r in table:
-        rich_table.add_row(*(_fmt(r, k) for k, _ in COLUMNS))
-    console.print(rich_table)
-    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'curves.png'}")
+    tables, suite, metric = result["tables"], result["suite"], result["metric"]
+    if tables["aggregates"]:
+        t = Table(title=f"suite {suite['name']}: normalised final scores (95% stratified-bootstrap CI)",
+                  header_style="bold")
+        for head in ["config", "runs"] + [h for _, h in AGGREGATE_COLUMNS]:
+            t.add_column(head)
+        for r in tables["aggregates"]:
+            t.add_row(r["config"], str(r["runs"]), *(_ci(r, k) for k, _ in AGGREGATE_COLUMNS))
+        console.print(t)
+    if tables["improvement"]:
+        t = Table(title="probability of improvement", header_style="bold")
+        for head in ("X", "Y", "P(X > Y) (95% CI)"):
+            t.add_column(head)
+        for r in tables["improvement"]:
+            t.add_row(r["x"], r["y"], _ci(r, "p", ".3f"))
+        console.print(t)
+    cols = task_columns(suite)
+    t = Table(title=f"{result['runs']} runs, {result['configs']} configs", header_style="bold")
+    for _, head in cols:
+        t.add_column(head.format(metric=metric, threshold=threshold))
+    for r in tables["table"]:
+        t.add_row(*(_fmt(r, k) for k, _ in cols))
+    console.print(t)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"wrote {out / 'report.md'}, report*.csv, {', '.join(result['images'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out, result = report(args)
+    except ReportError as e:
+        print(f"cpcrl-report: error: {e}", file=sys.stderr)
+        return 2
+    print_report(out, result, args.threshold)
     if args.wandb:
-        push_to_wandb(table, out, args.project)
+        push_to_wandb(result["tables"], out, result["images"], args.project)
     return 0
 
 

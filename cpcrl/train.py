@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from cpcrl import device as devices
+from cpcrl.agents import make_agent
 from cpcrl.checkpoint import Checkpointer, load_checkpoint, numpy_to_torch, torch_to_numpy
 from cpcrl.collector import Collector, evaluate
 from cpcrl.errors import ConfigError
@@ -39,14 +40,7 @@ def make_env(env_cfg: DictConfig, num_envs: int | None = None):
 
 
 def build_agent(cfg: DictConfig, envs, device: torch.device):
-    cls = hydra.utils.get_class(cfg.agent._target_)
-    hparams = OmegaConf.to_container(cfg.agent, resolve=True)
-    hparams.pop("_target_"), hparams.pop("name")
-    try:
-        return cls(envs.single_observation_space, envs.single_action_space, device,
-                   world_model=cfg.world_model, **hparams)
-    except TypeError as e:
-        raise ConfigError(f"agent={cfg.agent.name}: {e}") from None
+    return make_agent(cfg.agent, cfg.world_model, envs.single_observation_space, envs.single_action_space, device)
 
 
 def load_agent_state(agent, payload: dict, source) -> None:
@@ -59,20 +53,29 @@ def load_agent_state(agent, payload: dict, source) -> None:
         raise ConfigError(f"checkpoint {source} does not fit agent={agent.name} as configured: {first}") from None
 
 
-def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=()) -> dict[str, float]:
-    """The eval metrics; for the cube also the solve rate per scramble depth."""
+def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=(), final: bool = False) -> dict[str, float]:
+    """The eval metrics; for the cube also the solve rate per scramble length (`depths`) and, at a final eval,
+    the evaluation by true distance and on uniformly random states (eval.cube_*, `cpcrl.cube_eval`)."""
     metrics = evaluate(agent, eval_envs, episodes, greedy=cfg.eval.greedy)
     if cfg.eval.get("reset_hidden_every"):
         k = int(cfg.eval.reset_hidden_every)
         metrics.update(evaluate(agent, eval_envs, episodes, cfg.eval.greedy, prefix=f"eval_reset{k}/",
                                 reset_hidden_every=k))
-    if depths and hasattr(eval_envs, "set_scramble_depth"):
-        base_depth = eval_envs.curriculum_depth
+    if depths and hasattr(eval_envs, "set_start"):  # eval.depths are scramble lengths whatever env.scramble is
+        mode, base_depth = eval_envs.scramble_mode, eval_envs.curriculum_depth
         for d in depths:
-            eval_envs.set_scramble_depth(int(d))
+            eval_envs.set_start("moves", int(d))
             metrics[f"eval/solve_rate_d{int(d)}"] = evaluate(agent, eval_envs, episodes,
                                                              cfg.eval.greedy)["eval/solve_rate"]
-        eval_envs.set_scramble_depth(base_depth)
+        eval_envs.set_start(mode, base_depth)
+    if final and hasattr(eval_envs, "set_start") and cfg.eval.cube_uniform_states + cfg.eval.cube_per_distance:
+        from cpcrl.cube_eval import evaluate_by_distance, evaluate_uniform
+
+        steps = int(cfg.eval.cube_max_steps)
+        if cfg.eval.cube_per_distance:
+            metrics.update(evaluate_by_distance(agent, int(cfg.eval.cube_per_distance), max_steps=steps))
+        if cfg.eval.cube_uniform_states:
+            metrics.update(evaluate_uniform(agent, int(cfg.eval.cube_uniform_states), max_steps=steps))
     return metrics
 
 
@@ -115,123 +118,177 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
-    total = int(cfg.train.total_steps)
-    envs = make_env(cfg.env)
-    eval_envs = make_env(cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
-    agent = build_agent(cfg, envs, device)
-    ckpt = Checkpointer(run_dir, int(cfg.checkpoint.every), int(cfg.checkpoint.keep))
+class Every:
+    """Env steps at which something recurs: every `n` steps from `start` (n = 0: never before the end)."""
 
-    resume_step, wandb_id, counters = None, None, {"iteration": 0, "episodes": 0}
-    if cfg.resume:
-        payload = load_checkpoint(cfg.resume)
-        load_agent_state(agent, payload, cfg.resume)
-        counters, wandb_id = payload["counters"], payload.get("wandb_id")
-        resume_step = counters["env_step"]
+    def __init__(self, n: int, start: int, total: int):
+        self.n = int(n) if int(n) > 0 else total + 1
+        self.next = start + self.n
+
+    def due(self, step: int) -> bool:
+        return step >= self.next
+
+    def advance(self, step: int) -> None:
+        """Past `step` (an iteration may jump over several due points)."""
+        while self.next <= step:
+            self.next += self.n
+
+
+class TrainingRun:
+    """One run's parts (envs, agent, collector, logger, checkpoints, schedules), resumed from `cfg.resume` when
+    given, and the named steps of the loop in `train`."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, console: Console):
+        self.cfg, self.console, self.total = cfg, console, int(cfg.train.total_steps)
+        self.envs = make_env(cfg.env)
+        self.eval_envs = make_env(cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
+        self.agent = build_agent(cfg, self.envs, device)
+        self.ckpt = Checkpointer(run_dir, int(cfg.checkpoint.every), int(cfg.checkpoint.keep))
+        resume_step, wandb_id, counters = self._resume()
+        # Envs restart episodes on resume; their seed follows the step so a resumed run is repeatable.
+        self.collector = Collector(self.envs, device, seed=int(cfg.seed) + (resume_step or 0))
+        self.collector.env_step, self.collector.episodes = counters.get("env_step", 0), counters["episodes"]
+        self.eval_envs.reset(seed=int(cfg.seed) + 1_000_003)
+        self.logger = Logger(cfg, run_dir, self.agent.name, resume_step=resume_step, wandb_id=wandb_id)
+
+        self.iteration, self.step0 = counters["iteration"], self.collector.env_step
+        # train.max_minutes: a wall-clock budget across resumes (the time before a resume is in the counters)
+        self.budget_s = None if cfg.train.get("max_minutes") is None else 60.0 * float(cfg.train.max_minutes)
+        self.wall0 = time.monotonic() - float(counters.get("wall_s", 0.0))
+        self.log_at = Every(cfg.train.log_every, self.step0, self.total)
+        self.eval_at = Every(cfg.eval.every, self.step0, self.total)
+        self.ckpt_at = Every(cfg.checkpoint.every, self.step0, self.total)
+        self.pending: dict[str, list] = defaultdict(list)   # metrics of the iterations since the last log row
+        self.train_time, self.mark_step, self.mark_time = 0.0, self.step0, 0.0
+        self.progress = _progress(console)
+        self.task = self.progress.add_task(self.agent.name, total=self.total, completed=self.step0, sps=0,
+                                           episodes=0, ret="-", solve="-")
+
+    def _resume(self) -> tuple[int | None, str | None, dict]:
+        if not self.cfg.resume:
+            return None, None, {"iteration": 0, "episodes": 0}
+        payload = load_checkpoint(self.cfg.resume)
+        load_agent_state(self.agent, payload, self.cfg.resume)
+        counters = payload["counters"]
         devices.set_rng_state(payload["rng"])
-        if "env" in payload and hasattr(envs, "set_state"):
-            envs.set_state(torch_to_numpy(payload["env"]))
-        console.print(f"resumed from env step {resume_step:,} ({cfg.resume})")
-    # Envs restart episodes on resume; their seed follows the step so a resumed run is repeatable.
-    collector = Collector(envs, device, seed=int(cfg.seed) + (resume_step or 0))
-    collector.env_step, collector.episodes = counters.get("env_step", 0), counters["episodes"]
-    eval_envs.reset(seed=int(cfg.seed) + 1_000_003)
+        if "env" in payload and hasattr(self.envs, "set_state"):
+            self.envs.set_state(torch_to_numpy(payload["env"]))
+        self.console.print(f"resumed from env step {counters['env_step']:,} ({self.cfg.resume})")
+        return counters["env_step"], payload.get("wandb_id"), counters
 
-    logger = Logger(cfg, run_dir, agent.name, resume_step=resume_step, wandb_id=wandb_id)
+    def out_of_time(self) -> bool:
+        return self.budget_s is not None and time.monotonic() - self.wall0 >= self.budget_s
 
-    def payload_now() -> dict:
-        out = {"agent": agent.checkpoint_state(), "rng": devices.rng_state(), "wandb_id": logger.wandb_id,
-               "agent_name": agent.name, "config": OmegaConf.to_yaml(cfg, resolve=True),
-               "counters": {"env_step": collector.env_step, "episodes": collector.episodes, "iteration": iteration,
-                            "wall_s": time.monotonic() - wall0}}
-        if hasattr(envs, "get_state"):
-            out["env"] = numpy_to_torch(envs.get_state())
-        return out
+    # --- the steps of the loop ----------------------------------------------------------------------------
 
-    every = lambda n: int(n) if int(n) > 0 else total + 1  # noqa: E731
-    # train.max_minutes: a wall-clock budget across resumes (the time before a resume is in the counters)
-    budget_s = None if cfg.train.get("max_minutes") is None else 60.0 * float(cfg.train.max_minutes)
-    wall0 = time.monotonic() - float(counters.get("wall_s", 0.0))
-    out_of_time = lambda: budget_s is not None and time.monotonic() - wall0 >= budget_s  # noqa: E731
-    step0 = collector.env_step
-    next_log = step0 + every(cfg.train.log_every)
-    next_eval = step0 + every(cfg.eval.every)
-    next_ckpt = step0 + every(cfg.checkpoint.every)
-    iteration = counters["iteration"]
-    pending = defaultdict(list)
-    train_time, mark_step, mark_time = 0.0, step0, 0.0
+    def iterate(self) -> None:
+        """Collect and update (the agent's own schedule), then keep the metrics for the next log row."""
+        t0 = time.perf_counter()
+        metrics = self.agent.train_iteration(self.collector)
+        self.train_time += time.perf_counter() - t0
+        self.iteration += 1
+        check_finite(metrics, self.collector.env_step)
+        for k, v in metrics.items():
+            self.pending[k].append(v)
+
+    def log(self, step: int) -> None:
+        """One metrics.jsonl / W&B row: the mean of the iterations since the last row, episode stats, speed."""
+        sps = (step - self.mark_step) / max(self.train_time - self.mark_time, 1e-9)
+        row = {k: float(np.mean(v)) for k, v in self.pending.items()}
+        row.update(self.collector.episode_metrics())
+        row.update({"perf/sps": sps, "train/iteration": self.iteration})
+        if getattr(self.envs, "curriculum", None) is not None:
+            row["train/curriculum_depth"] = float(self.envs.curriculum_depth)
+        self.logger.log(row, step)
+        self.pending.clear()
+        self.mark_step, self.mark_time = step, self.train_time
+        self.log_at.advance(step)
+        fmt = lambda k: f"{row[k]:.3g}" if k in row else "-"  # noqa: E731
+        self.progress.update(self.task, sps=sps, episodes=self.collector.episodes, ret=fmt("train/episode_return"),
+                             solve=fmt("train/solve_rate"))
+
+    def evaluate(self, step: int, depths=(), final: bool = False) -> dict[str, float]:
+        sync_eval_depth(self.envs, self.eval_envs)
+        metrics = evaluate_all(self.cfg, self.agent, self.eval_envs, int(self.cfg.eval.episodes), depths, final)
+        self.logger.log(metrics, step)
+        self.eval_at.advance(step)
+        return metrics
+
+    def checkpoint(self, step: int, periodic: bool = True) -> None:
+        payload = {"agent": self.agent.checkpoint_state(), "rng": devices.rng_state(),
+                   "wandb_id": self.logger.wandb_id, "agent_name": self.agent.name,
+                   "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+                   "counters": {"env_step": self.collector.env_step, "episodes": self.collector.episodes,
+                                "iteration": self.iteration, "wall_s": time.monotonic() - self.wall0}}
+        if hasattr(self.envs, "get_state"):
+            payload["env"] = numpy_to_torch(self.envs.get_state())
+        self.ckpt.save(payload, step, periodic=periodic)
+        self.ckpt_at.advance(step)
+
+    def finish(self, run_dir: Path) -> dict:
+        """The final evaluation (with eval.depths), last checkpoint, summary.json and the summary table."""
+        cfg, step = self.cfg, self.collector.env_step
+        if step < self.total:
+            self.console.print(f"train.max_minutes={cfg.train.max_minutes} reached at env step {step:,}")
+        final = self.evaluate(step, depths=list(cfg.eval.depths), final=True)
+        self.checkpoint(step, periodic=False)
+        summary = {"env_step": step, "episodes": self.collector.episodes,
+                   "perf/sps": (step - self.step0) / max(self.train_time, 1e-9),
+                   "time_s": round(time.time() - self.logger.start, 2),
+                   "stopped_by": "total_steps" if step >= self.total else "max_minutes", **final}
+        summary.update({k: v for k, v in self.collector.episode_metrics().items() if k != "train/episodes"})
+        self.logger.summary(summary)
+        write_json(run_dir / "summary.json", summary)
+        self.console.print(summary_table(f"{self.agent.name} on {cfg.env.name} (seed {cfg.seed})", summary))
+        self.console.print(f"run dir: {run_dir}")
+        return summary
+
+    def close(self, exit_code: int) -> None:
+        self.logger.close(exit_code)
+        self.envs.close()
+        self.eval_envs.close()
+
+
+def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
+    """docs/ARCHITECTURE.md's data flow: collect + update -> log -> evaluate -> checkpoint, until train.total_steps
+    (or train.max_minutes); then the final evaluation, checkpoint and summary."""
+    run = TrainingRun(cfg, run_dir, device, console)
     exit_code = 1
     try:
-        with _progress(console) as progress:
-            task = progress.add_task(agent.name, total=total, completed=step0, sps=0, episodes=0, ret="-", solve="-")
-            while collector.env_step < total and not out_of_time():
-                t0 = time.perf_counter()
-                metrics = agent.train_iteration(collector)
-                train_time += time.perf_counter() - t0
-                iteration += 1
-                check_finite(metrics, collector.env_step)
-                for k, v in metrics.items():
-                    pending[k].append(v)
-                step = collector.env_step
-                if step >= next_log or step >= total:
-                    sps = (step - mark_step) / max(train_time - mark_time, 1e-9)
-                    row = {k: float(np.mean(v)) for k, v in pending.items()}
-                    row.update(collector.episode_metrics())
-                    row.update({"perf/sps": sps, "train/iteration": iteration})
-                    if getattr(envs, "curriculum", None) is not None:
-                        row["train/curriculum_depth"] = float(envs.curriculum_depth)
-                    logger.log(row, step)
-                    pending.clear()
-                    mark_step, mark_time = step, train_time
-                    next_log += every(cfg.train.log_every) * max(1, (step - next_log) // every(cfg.train.log_every) + 1)
-                    fmt = lambda k: f"{row[k]:.3g}" if k in row else "-"  # noqa: E731
-                    progress.update(task, sps=sps, episodes=collector.episodes, ret=fmt("train/episode_return"),
-                                    solve=fmt("train/solve_rate"))
-                if step >= next_eval and step < total:
-                    sync_eval_depth(envs, eval_envs)
-                    logger.log(evaluate_all(cfg, agent, eval_envs, int(cfg.eval.episodes)), step)
-                    while next_eval <= step:
-                        next_eval += every(cfg.eval.every)
-                if step >= next_ckpt and step < total:
-                    ckpt.save(payload_now(), step)
-                    while next_ckpt <= step:
-                        next_ckpt += every(cfg.checkpoint.every)
-                progress.update(task, completed=step)
-
-        if collector.env_step < total:
-            console.print(f"train.max_minutes={cfg.train.max_minutes} reached at env step {collector.env_step:,}")
-        sync_eval_depth(envs, eval_envs)
-        final = evaluate_all(cfg, agent, eval_envs, int(cfg.eval.episodes), depths=list(cfg.eval.depths))
-        logger.log(final, collector.env_step)
-        ckpt.save(payload_now(), collector.env_step, periodic=False)
-        summary = {"env_step": collector.env_step, "episodes": collector.episodes,
-                   "perf/sps": (collector.env_step - step0) / max(train_time, 1e-9),
-                   "time_s": round(time.time() - logger.start, 2),
-                   "stopped_by": "total_steps" if collector.env_step >= total else "max_minutes", **final}
-        summary.update({k: v for k, v in collector.episode_metrics().items() if k != "train/episodes"})
-        logger.summary(summary)
-        write_json(run_dir / "summary.json", summary)
-        console.print(summary_table(f"{agent.name} on {cfg.env.name} (seed {cfg.seed})", summary))
-        console.print(f"run dir: {run_dir}")
+        with run.progress:
+            while run.collector.env_step < run.total and not run.out_of_time():
+                run.iterate()
+                step = run.collector.env_step
+                if run.log_at.due(step) or step >= run.total:
+                    run.log(step)
+                if run.eval_at.due(step) and step < run.total:
+                    run.evaluate(step)
+                if run.ckpt_at.due(step) and step < run.total:
+                    run.checkpoint(step)
+                run.progress.update(run.task, completed=step)
+        summary = run.finish(run_dir)
         exit_code = 0
         return summary
     finally:
-        logger.close(exit_code)
-        envs.close()
-        eval_envs.close()
+        run.close(exit_code)
+
+
+def load_trained_agent(cfg: DictConfig, device: torch.device, num_envs: int):
+    """The checkpoint `cfg.checkpoint.path` in the agent and env its saved config describes, with this command
+    line's eval, solve and device keys. -> (payload, run config, envs, agent)."""
+    payload = load_checkpoint(cfg.checkpoint.path)
+    saved = OmegaConf.create(payload["config"])
+    run_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "solve": cfg.solve, "device": cfg.device})
+    envs = make_env(run_cfg.env, num_envs=num_envs)
+    agent = build_agent(run_cfg, envs, device)
+    load_agent_state(agent, payload, cfg.checkpoint.path)
+    return payload, run_cfg, envs, agent
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
     """mode=eval: load a checkpoint into the agent its config describes and report eval.json."""
-    if not cfg.checkpoint.path:
-        raise ConfigError("mode=eval needs a checkpoint: add checkpoint=<path to .pt or run dir>")
-    payload = load_checkpoint(cfg.checkpoint.path)
-    saved = OmegaConf.create(payload["config"])
-    # The saved run defines the agent and env; the eval keys and device come from this command line.
-    run_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device})
-    envs = make_env(run_cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
-    agent = build_agent(run_cfg, envs, device)
-    load_agent_state(agent, payload, cfg.checkpoint.path)
+    payload, run_cfg, envs, agent = load_trained_agent(cfg, device, min(int(cfg.eval.num_envs),
+                                                                        int(cfg.eval.episodes)))
     envs.reset(seed=int(cfg.seed) + 1_000_003)
     if "env" in payload and hasattr(envs, "set_state"):
         # the depth the run had reached; the scrambles stay this eval's own (seed + 1_000_003), as in train,
@@ -239,10 +296,30 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, co
         envs.set_state({**torch_to_numpy(payload["env"]), "rng": envs.get_state()["rng"]})
         sync_eval_depth(envs, envs)
     depths = list(cfg.eval.depths) or (list(range(1, 15)) if hasattr(envs, "set_scramble_depth") else [])
-    result = evaluate_all(run_cfg, agent, envs, int(cfg.eval.episodes), depths=depths)
+    result = evaluate_all(run_cfg, agent, envs, int(cfg.eval.episodes), depths=depths, final=True)
     result = {"checkpoint": str(cfg.checkpoint.path), "env_step": payload["counters"]["env_step"], **result}
     write_json(run_dir / "eval.json", result)
     console.print(summary_table(f"eval: {payload['agent_name']} on {run_cfg.env.name}", result))
     console.print(f"wrote {run_dir / 'eval.json'}")
     envs.close()
+    return result
+
+
+def solve_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
+    """mode=solve: batched beam search (`cpcrl.solve`) over a cube checkpoint's policy on solve.cubes uniformly
+    random states; writes solve.json."""
+    from cpcrl.solve import solve_uniform
+
+    payload, run_cfg, envs, agent = load_trained_agent(cfg, device, 1)
+    envs.close()
+    if not hasattr(envs, "set_start"):
+        raise ConfigError(f"mode=solve solves the cube: checkpoint {cfg.checkpoint.path} was trained on "
+                          f"env={run_cfg.env.name}; valid are checkpoints of env=cube2x2")
+    s = cfg.solve
+    result = {"checkpoint": str(cfg.checkpoint.path), "env_step": payload["counters"]["env_step"],
+              **solve_uniform(agent, int(s.cubes), int(s.beam_width), int(s.max_depth), float(s.value_weight),
+                              int(s.max_beams))}
+    write_json(run_dir / "solve.json", result)
+    console.print(summary_table(f"solve: {payload['agent_name']}, beam width {s.beam_width}", result))
+    console.print(f"wrote {run_dir / 'solve.json'}")
     return result

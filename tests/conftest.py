@@ -18,6 +18,8 @@ def _wandb_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp() / "wandb_home"
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(base / var.lower()))
+    # the cube's distance table is cached per session, never in the user's ~/.cache (CLI subprocesses included)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))
 
 
 @pytest.fixture
@@ -39,3 +41,15 @@ def cpcrl(*args: str, cwd: Path, timeout: float = 300, check: bool = True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"cpcrl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def composed_cfg(*overrides: str):
+    from cpcrl.agents import compose_config
+
+    return compose_config(*overrides)
+
+
+def composed_agent(obs_space, action_space, *overrides: str, device: str = "cpu", **params):
+    from cpcrl.agents import compose_agent
+
+    return compose_agent(obs_space, action_space, "seed=0", *overrides, device=device, **params)

@@ -217,8 +217,8 @@ RESUMABLE = {
     "ppo_lstm": ["agent=ppo_lstm", "env=cartpole", *PPO_TINY],
     "cpc_rl": ["agent=cpc_rl", "env=cartpole_pomdp", "agent.cpc.horizon=2", *PPO_TINY],
     "planet": ["agent=planet", *RSSM_TINY, "world_model.stoch=4", "agent.planner=cem_fast",
-               "agent.planners.cem_fast.horizon=4", "agent.planners.cem_fast.candidates=16",
-               "agent.planners.cem_fast.top_k=4", "agent.planners.cem_fast.iterations=2", "agent.seed_episodes=1",
+               "agent.planner.horizon=4", "agent.planner.candidates=16",
+               "agent.planner.top_k=4", "agent.planner.iterations=2", "agent.seed_episodes=1",
                "agent.collect_interval=2", "train.total_steps=300", "train.log_every=40", "checkpoint.every=80"],
     # one env step per iteration and train_ratio 16 / (batch 4 x seq_len 8): an update every second iteration
     "dreamer": ["agent=dreamer", *RSSM_TINY, "agent.size=null", "world_model.latents=4", "world_model.classes=4",

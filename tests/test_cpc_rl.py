@@ -5,12 +5,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from cpcrl.agents.cpc_rl import CPCRL
 from cpcrl.collector import Collector
 from cpcrl.envs.factory import make_gym_env
 from cpcrl.envs.tmaze import TMazeEnv
 from cpcrl.errors import ConfigError
 from cpcrl.train import build_agent, make_env
+from tests.conftest import composed_agent
 
 
 def agent_and_chunks(*overrides):
@@ -53,7 +53,7 @@ def test_total_is_rl_plus_weighted_cpc():
     agent, ch, idx = agent_and_chunks("agent.cpc.weight=0.5")
     torch.manual_seed(1)
     terms = agent.losses(ch, idx)
-    rl = agent.rl_losses(ch, idx, agent.forward_chunks(ch, idx)[1])["total"]
+    rl = agent.rl_losses(ch, idx, agent.forward_chunks(ch, idx)[1], agent.cfg.clip_coef)["total"]
     assert terms["total"].item() == pytest.approx(rl.item() + 0.5 * terms["cpc"].item(), rel=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_train_iteration_logs_cpc_metrics_for_both_rl_losses():
     ("agent.cpc.anchors=first", "^agent.cpc.anchors='first': valid are all, common$"),
     ("agent.cpc.projection=both", "valid are per_horizon, shared"),
     ("agent.rl_loss=a2c", "set agent.update_epochs=1"),
-    ("+agent.cpc.horizn=3", "agent.cpc has no key 'horizn'"),
+    ("+agent.cpc.horizn=3", "agent.cpc.horizn: no such key in agent.cpc; valid are weight, horizon,"),
 ])
 def test_bad_cpc_settings(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,5 +107,5 @@ def test_tmaze_rewards_only_the_remembered_turn():
 def test_separate_critic_lstm_is_rejected_for_one_shared_belief():
     envs = make_gym_env("CartPole-v1", 2)
     with pytest.raises(ConfigError, match="agent.separate_critic_lstm must be false"):
-        CPCRL(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
-              world_model={"name": "lstm", "hidden": 8, "lstm_hidden": 8, "num_layers": 1}, separate_critic_lstm=True)
+        composed_agent(envs.single_observation_space, envs.single_action_space, "agent=cpc_rl",
+                       "agent.separate_critic_lstm=true")

@@ -285,9 +285,9 @@ def test_render_ansi():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(scramble_depth=-1), "scramble_depth=-1 is invalid: expected an int >= 0"),
-        (dict(max_steps=0), "max_steps=0 is invalid: expected an int >= 1"),
-        (dict(num_envs=0), "num_envs=0 is invalid: expected an int >= 1"),
+        (dict(scramble_depth=-1), "env.scramble_depth=-1: must be a non-negative integer"),
+        (dict(max_steps=0), "env.max_steps=0: must be a positive integer"),
+        (dict(num_envs=0), "env.num_envs=0: must be a positive integer"),
         (dict(render_mode="human"), "render_mode='human' is invalid"),
         (dict(curriculum={"treshold": 0.5}), "unknown keys"),
         (dict(curriculum={"threshold": 1.5}), "curriculum.threshold"),
@@ -634,3 +634,126 @@ def test_c_step_equals_numpy_step(copy, curriculum):
             assert np.array_equal(mine[4][key], want[4][key]), (t, key)
     assert fast.curriculum_depth == ref.curriculum_depth
     assert fast.curriculum_depth > 3 if curriculum else fast._pool_i == ref._pool_i  # the curriculum moved
+
+
+# ------------------------------------------------------------------------------------- start states
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _distance_cache_in_tmp(tmp_path_factory):
+    """uniform/distance starts read the distance table: cache it in the session's tmp dir, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))
+        yield
+
+
+def _obs_stream(env, steps=30, seed=3):
+    rng = np.random.default_rng(0)
+    h = hashlib.sha256()
+    obs, info = env.reset(seed=seed)
+    h.update(obs.tobytes())
+    for _ in range(steps):
+        obs, r, term, trunc, info = env.step(rng.integers(12, size=env.num_envs))
+        h.update(obs.tobytes() + r.tobytes() + info["scramble_depth"].astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("curriculum", [None, dict(CUR, spread=1, max_depth=9)])
+def test_scramble_moves_is_the_default_stream(curriculum, step_path):
+    kw = dict(num_envs=8, scramble_depth=3, max_steps=5, curriculum=curriculum)
+    assert _obs_stream(Cube2x2VectorEnv(**kw)) == _obs_stream(Cube2x2VectorEnv(scramble="moves", **kw))
+    assert _obs_stream(Cube2x2VectorEnv(**kw)) != _obs_stream(Cube2x2VectorEnv(scramble="distance", **kw))
+
+
+def test_scramble_uniform_states(step_path):
+    env = Cube2x2VectorEnv(num_envs=4000, scramble="uniform", scramble_depth=2, max_steps=3)
+    _, info = env.reset(seed=0)
+    d = cube2x2.optimal_distance(env.states)
+    assert not is_solved(env.states).any() and np.array_equal(info["scramble_depth"], d)  # reports the distance
+    assert abs(d.mean() - 10.666) < 0.1 and d.max() >= 13  # a fully scrambled cube, not 2 moves
+    for _ in range(3):  # autoresets draw uniform states too
+        _, _, _, trunc, info = env.step(np.zeros(4000, dtype=np.int64))
+    assert trunc.sum() > 3900 and abs(cube2x2.optimal_distance(env.states).mean() - 10.666) < 0.1
+
+
+@pytest.mark.parametrize("d", [1, 4, 14])
+def test_scramble_distance_fixed(d, step_path):
+    env = Cube2x2VectorEnv(num_envs=300, scramble="distance", scramble_depth=d, max_steps=2)
+    _, info = env.reset(seed=1)
+    assert (cube2x2.optimal_distance(env.states) == d).all() and (info["scramble_depth"] == d).all()
+    _, info = env.reset(options={"scramble_depth": 3})  # this reset only, still a distance
+    assert (cube2x2.optimal_distance(env.states) == 3).all() and (info["scramble_depth"] == 3).all()
+    single = Cube2x2Env(scramble="distance", scramble_depth=d)
+    _, info1 = single.reset(seed=0)
+    assert cube2x2.optimal_distance(single.state[None])[0] == d == info1["scramble_depth"]
+
+
+def test_distance_curriculum_raises_the_true_distance():
+    vec = Cube2x2VectorEnv(num_envs=4, scramble="distance", max_steps=3, curriculum=dict(CUR, spread=0, max_depth=3))
+    vec.reset(seed=0)
+    assert (cube2x2.optimal_distance(vec.states) == 1).all()
+    vec._record_outcomes(np.ones(10, dtype=bool))
+    assert vec.curriculum_depth == 2
+    _, info = vec.reset()
+    assert (cube2x2.optimal_distance(vec.states) == 2).all() and (info["scramble_depth"] == 2).all()
+
+
+def test_set_start_and_state_roundtrip():
+    a = Cube2x2VectorEnv(num_envs=5, scramble="distance", scramble_depth=6)
+    a.reset(seed=2)
+    saved = a.get_state()
+    assert saved["scramble"] == "distance"
+    b = Cube2x2VectorEnv(num_envs=5)  # a moves env takes the saved mode
+    b.set_state(saved)
+    oa, ia = a.reset()
+    ob, ib = b.reset()
+    assert np.array_equal(oa, ob) and (ib["scramble_depth"] == 6).all()
+    b.set_start("moves", 6)  # scramble lengths for an eval.depths-style eval
+    b.reset()
+    assert b.scramble_mode == "moves" and (cube2x2.optimal_distance(b.states) < 6).any()
+    old = {k: v for k, v in saved.items() if k != "scramble"}  # a checkpoint from before scramble=
+    c = Cube2x2VectorEnv(num_envs=5, scramble="uniform")
+    c.set_state(old)
+    assert c.scramble_mode == "uniform"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scramble="random"), "env.scramble='random': valid are moves, uniform, distance"),
+        (dict(scramble="distance", scramble_depth=15), r"env.scramble_depth=15: must be in 0..14"),
+        (dict(scramble="uniform", curriculum=dict(enabled=True)), "invalid with scramble=uniform"),
+        (dict(scramble="distance", curriculum=dict(enabled=True, max_depth=20)),
+         r"curriculum.max_depth=20 is invalid with scramble=distance: expected an int in 1..14"),
+    ],
+)
+def test_bad_scramble_kwargs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Cube2x2VectorEnv(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        Cube2x2Env(**kwargs)
+    vec = Cube2x2VectorEnv(num_envs=2, scramble="distance")
+    with pytest.raises(ValueError, match=r"env.scramble_depth=20: must be in 0..14"):
+        vec.set_scramble_depth(20)
+
+
+def test_env_yaml_instantiates_every_scramble():
+    from pathlib import Path
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    from cpcrl.errors import ConfigError
+    from cpcrl.train import make_env
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "env" / "cube2x2.yaml")
+    assert cfg.scramble == "moves"
+    for kind in ("moves", "uniform", "distance"):
+        env = hydra.utils.instantiate(OmegaConf.merge(cfg, {"scramble": kind, "num_envs": 3}))
+        assert env.scramble_mode == kind and env.curriculum is None
+    with pytest.raises(ConfigError, match="^env=cube2x2: env.scramble='x': valid are moves, uniform"):
+        make_env(OmegaConf.merge(cfg, {"scramble": "x"}))
+    bad = OmegaConf.to_container(OmegaConf.merge(cfg, {"scramble": "distance", "scramble_depth": 20}))
+    with pytest.raises(ConfigError, match=r"^env=cube2x2: env.scramble_depth=20: must be in 0..14"):
+        cube2x2.check_config(**bad)
+    cube2x2.check_config(**OmegaConf.to_container(cfg))  # the default passes

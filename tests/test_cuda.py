@@ -44,15 +44,13 @@ def test_agent_trains_on_cuda_and_its_checkpoint_evaluates_on_cpu(name, tmp_path
 
 
 def test_training_tensors_live_on_the_gpu():
-    from cpcrl.agents.dreamer import Dreamer
     from cpcrl.collector import Collector
     from cpcrl.envs.factory import make_gym_env
-    from tests.conftest import ROOT
+    from tests.conftest import composed_agent
 
     envs = make_gym_env("CartPole-v1", 2)
-    wm = OmegaConf.load(ROOT / "conf" / "world_model" / "rssm_discrete.yaml")
-    agent = Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cuda"), world_model=wm,
-                    version="v3", size="xs", prefill=200, train_ratio=64, batch_size=4, seq_len=16, seed=0)
+    agent = composed_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer", device="cuda",
+                           prefill=200, train_ratio=64, batch_size=4, seq_len=16)
     collector = Collector(envs, torch.device("cuda"), seed=0)
     metrics = agent.train_iteration(collector)
     assert all(p.is_cuda for p in agent.parameters())

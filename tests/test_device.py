@@ -32,7 +32,9 @@ def faults(keep: bool) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_reuses_freed_blocks_without_page_faults():
-    assert min(faults(keep=False)) > 10_000  # 64 MiB / 4 KiB pages, mmapped afresh and faulted in every time
+    # mmapped afresh and faulted in every time: 16,384 faults with 4 KiB pages, ~4,200 where the kernel maps anonymous
+    # memory 16 KiB per fault (seen on this project's CI hosts); above 1,000 at any granularity up to 64 KiB
+    assert min(faults(keep=False)) > 1_000
     # the freed block is reused with its pages already mapped: glibc's heap still moves it now and then (over 30
     # runs here, 0-4 of the 16 re-allocations faulted, at any position), never most of the time
     assert sum(n >= 1_000 for n in faults(keep=True)) <= 8

@@ -1,38 +1,34 @@
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cpcrl
-from omegaconf import OmegaConf
+from conftest import cpcrl
 
-from cpcrl.agents.dreamer import Dreamer
 from cpcrl.collector import Collector, evaluate
 from cpcrl.envs.factory import make_gym_env
 from cpcrl.errors import ConfigError
 from cpcrl.nets.rssm import map_state
+from tests.conftest import composed_agent, composed_cfg
 
-TINY = {"tiny": dict(deter=32, units=32, layers=1, stoch=8, latents=4, classes=4)}
+TINY = ("world_model.deter=32", "world_model.hidden=32", "world_model.encoder.layers=1", "world_model.stoch=8",
+        "world_model.latents=4", "world_model.classes=4")
 WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def world_model(name):
-    return OmegaConf.load(ROOT / "conf" / "world_model" / f"{name}.yaml")
-
-
-def tiny_agent(envs, version="v3", wm=None, **kw):
+def tiny_agent(envs, version="v3", wm=None, *overrides, **kw):
     torch.manual_seed(0)
-    args = dict(version=version, size="tiny", sizes=TINY, batch_size=4, seq_len=8, horizon=5, prefill=40,
-                train_ratio=32, seed=0)
-    return Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
-                   world_model=wm or world_model(WORLD_MODEL[version]), **{**args, **kw})
+    args = dict(batch_size=4, seq_len=8, horizon=5, prefill=40, train_ratio=32, seed=0)
+    return composed_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer",
+                          f"agent/dreamer_version={version}", f"world_model={wm or WORLD_MODEL[version]}", *TINY,
+                          *overrides, **{**args, **kw})
 
 
 def trained_batch(agent, envs):
     """Fill the replay and return the posterior of one sampled batch."""
     agent.train_iteration(Collector(envs, torch.device("cpu"), seed=0))
-    batch = agent.replay.sample(agent.batch_size, agent.seq_len)
+    batch = agent.replay.sample(agent.cfg.batch_size, agent.cfg.seq_len)
     _, post, _ = agent.model_loss(batch)
     return post
 
@@ -75,11 +71,11 @@ def test_discrete_actor_gets_a_policy_gradient_without_entropy():
 def test_continuous_v1_actor_gets_gradient_through_the_dynamics():
     envs = make_gym_env("Pendulum-v1", 2, max_episode_steps=20)
     agent = tiny_agent(envs, "v1")
-    assert agent.backprop and agent.entropy_coef == 0.0
+    assert agent.backprop and agent.cfg.entropy == 0.0
     post = trained_batch(agent, envs)
     start = map_state(lambda x: x.detach().flatten(0, 1), post)
     # a reward two steps ahead depends on the first action only through two prior (dynamics) steps
-    actions = torch.zeros(agent.horizon, len(start["deter"]), agent.action_dim, requires_grad=True)
+    actions = torch.zeros(agent.cfg.horizon, len(start["deter"]), agent.action_dim, requires_grad=True)
     states, _ = agent.rssm.imagine(actions, start)
     reward = agent.reward_head.predict(agent.rssm.features({k: v[1] for k, v in states.items()})).sum()
     (action_grad,) = torch.autograd.grad(reward, actions)
@@ -108,8 +104,8 @@ def test_imagination_starts_from_posterior_states_and_reads_no_observation(versi
     monkeypatch.setattr(agent.replay, "sample", no_observations)
     start = map_state(lambda x: x.detach().flatten(0, 1), post)
     features, actions, actor_out = agent.imagine(start)
-    assert features.shape == (agent.horizon + 1, agent.batch_size * agent.seq_len, agent.rssm.feature_dim)
-    assert actions.shape == (agent.horizon, agent.batch_size * agent.seq_len, agent.action_dim)
+    assert features.shape == (agent.cfg.horizon + 1, agent.cfg.batch_size * agent.cfg.seq_len, agent.rssm.feature_dim)
+    assert actions.shape == (agent.cfg.horizon, agent.cfg.batch_size * agent.cfg.seq_len, agent.action_dim)
     assert torch.equal(features[0], agent.rssm.features(start))
     if version == "v1":  # backprop through the dynamics: the actor is re-read from the features for the loss
         assert actor_out is None and features.requires_grad
@@ -122,32 +118,34 @@ def test_imagination_starts_from_posterior_states_and_reads_no_observation(versi
 def test_version_world_model_mismatch_is_a_config_error():
     envs = make_gym_env("CartPole-v1", 1)
     with pytest.raises(ConfigError, match="agent.version=v1 needs world_model=rssm_gaussian"):
-        tiny_agent(envs, "v1", wm=world_model("rssm_discrete"))
+        tiny_agent(envs, "v1", wm="rssm_discrete")
     with pytest.raises(ConfigError, match="agent.version=v3 needs world_model=rssm_discrete"):
-        tiny_agent(envs, "v3", wm=world_model("rssm_gaussian"))
-    with pytest.raises(ConfigError, match="agent.size='xl': valid are xs, s, m, tiny"):
-        tiny_agent(envs, size="xl")
-    with pytest.raises(ConfigError, match="valid are v1, v3"):
-        tiny_agent(envs, version="v2", wm=world_model("rssm_discrete"))
+        tiny_agent(envs, "v3", wm="rssm_gaussian")
+    with pytest.raises(Exception, match=r"Could not find 'agent/dreamer_size/xl'[\s\S]*m\s+s\s+xs"):
+        composed_cfg("agent=dreamer", "agent/dreamer_size=xl")
+    with pytest.raises(ConfigError, match="agent.version='v2': valid are v1, v3"):
+        composed_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer", "agent.version=v2")
 
 
 def test_size_presets_and_version_defaults():
     envs = make_gym_env("CartPole-v1", 1)
-    agent = Dreamer(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
-                    world_model=world_model("rssm_discrete"), size="s")
+    space = envs.single_observation_space, envs.single_action_space
+    agent = composed_agent(*space, "agent=dreamer", "agent/dreamer_size=s")
     assert agent.rssm.deter_dim == 512 and agent.rssm.stoch_dim == 32 * 32
-    assert agent.gamma == pytest.approx(1 - 1 / 333) and agent.hp["entropy"] == 3e-4
+    assert agent.cfg.gamma == pytest.approx(1 - 1 / 333) and agent.cfg.entropy == 3e-4
     assert agent.slow_critic is not None and agent.return_norm.enabled
     v1 = tiny_agent(envs, "v1", actor_lr=1e-3)
-    assert v1.gamma == 0.99 and v1.slow_critic is None and not v1.return_norm.enabled
+    assert v1.cfg.gamma == 0.99 and v1.slow_critic is None and not v1.return_norm.enabled
     assert v1.optimizers["actor"].param_groups[0]["lr"] == 1e-3   # explicit wins
     assert (v1.optimizers["critic"].param_groups[0]["lr"] == 8e-5
             and v1.optimizers["model"].param_groups[0]["lr"] == 6e-4)
-    cfg = OmegaConf.load(ROOT / "conf" / "agent" / "dreamer.yaml")  # the yaml mirrors the python defaults
-    from cpcrl.agents.dreamer import DEFAULT_SIZES, DEFAULT_VERSIONS
-    assert OmegaConf.to_container(cfg.sizes) == DEFAULT_SIZES
-    for version, table in DEFAULT_VERSIONS.items():
-        assert OmegaConf.to_container(cfg.versions[version]) == pytest.approx(table)
+    # the CLI's short keys pick the same presets; a key given on the command line wins over the size preset
+    cfg = composed_cfg("agent=dreamer", "agent/dreamer_size=m", "world_model.encoder.layers=1")
+    assert cfg.world_model.deter == 1024 and cfg.world_model.heads.hidden == 640 and cfg.world_model.heads.layers == 1
+    from cpcrl.app import _rewrite_args
+    assert _rewrite_args(["agent.version=v1", "agent.size=null", "agent.planner=cem_fast"]) == [
+        "agent/dreamer_version=v1", "~agent/dreamer_size", "agent/planner=cem_fast"]
+    assert composed_cfg("agent=dreamer", "~agent/dreamer_size").world_model.deter == 200  # the world model's own
 
 
 def test_cli_trains_dreamer(tmp_path):

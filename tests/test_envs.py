@@ -61,7 +61,7 @@ def test_bad_env_settings_are_config_errors():
         env_from("env=gym", "env.id=NoSuchEnv-v0")
     with pytest.raises(ConfigError, match=r"env.observe indices \[7\] out of range: valid are 0..3"):
         env_from("env=gym", "env.observe=[0,7]")
-    with pytest.raises(ConfigError, match="vectorization must be sync or async"):
+    with pytest.raises(ConfigError, match="env.vectorization='threads': valid are sync, async"):
         env_from("env=cartpole", "env.vectorization=threads")
 
 
@@ -128,5 +128,5 @@ def test_action_repeat_holds_actions_sums_rewards_and_counts_env_steps():
         collector.step(np.zeros((2, 1), dtype=np.float32))
     assert collector.env_step == 400  # budgets count env steps, not agent steps
     assert collector.episode_metrics()["train/episode_length"] == 200
-    with pytest.raises(ConfigError, match="env.action_repeat=0 is invalid: expected an int >= 1"):
+    with pytest.raises(ConfigError, match="env.action_repeat=0: must be a positive integer"):
         env_from("env=pendulum", "env.action_repeat=0")

@@ -49,8 +49,8 @@ CASES: dict[str, Case] = {
         ("agent=dreamer", "env=cartpole", "env.num_envs=4", "device=cpu", "train.total_steps=12000",
          "train.log_every=1000", "eval.every=0", "eval.episodes=20", "eval.num_envs=20", "checkpoint.every=0",
          "agent.prefill=1000", "agent.batch_size=8", "agent.seq_len=32", "agent.train_ratio=32",
-         "agent.imag_starts=64", "agent.sizes.xs.deter=64", "agent.sizes.xs.units=64", "agent.sizes.xs.layers=1",
-         "agent.sizes.xs.latents=8", "agent.sizes.xs.classes=8", "agent.model_lr=1e-3", "agent.actor_lr=3e-4",
+         "agent.imag_starts=64", "world_model.deter=64", "world_model.hidden=64", "world_model.encoder.layers=1",
+         "world_model.latents=8", "world_model.classes=8", "agent.model_lr=1e-3", "agent.actor_lr=3e-4",
          "agent.critic_lr=1e-3"),
         "eval/return_mean", 80.0,
         "13 runs (seeds 0-9 native, 0-2 default kernels): min 104.3, median 306.5; at 8,000 steps 18 runs over all "
@@ -63,9 +63,9 @@ CASES: dict[str, Case] = {
         ("experiment=planet_cartpole", "env.num_envs=4", "env.max_episode_steps=200", "agent.collect_episodes=4",
          "world_model.deter=64", "world_model.hidden=64", "world_model.stoch=8", "world_model.encoder.hidden=64",
          "world_model.decoder.hidden=64", "world_model.heads.hidden=64", "agent.batch_size=16", "agent.seq_len=16",
-         "agent.collect_interval=50", "agent.lr=3e-3", "agent.planners.cem_fast.candidates=100",
-         "agent.planners.cem_fast.top_k=10", "agent.planners.cem_fast.iterations=3",
-         "agent.planners.cem_fast.horizon=10", "train.total_steps=2400", "train.log_every=200", "eval.every=0",
+         "agent.collect_interval=50", "agent.lr=3e-3", "agent.planner.candidates=100",
+         "agent.planner.top_k=10", "agent.planner.iterations=3",
+         "agent.planner.horizon=10", "train.total_steps=2400", "train.log_every=200", "eval.every=0",
          "eval.episodes=10", "eval.num_envs=10", "checkpoint.every=0", "device=cpu"),
         "eval/return_mean", 70.0,
         "18 runs (seeds 0-9 native, 0-2 default and avx2, 0-1 at 2 threads): min 96.8, median 169 (max 200); "

@@ -4,33 +4,31 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cpcrl
-from omegaconf import OmegaConf
+from conftest import cpcrl
 
-from cpcrl.agents.planet import PlaNet
 from cpcrl.collector import Collector, evaluate
 from cpcrl.envs.factory import make_cube_env, make_gym_env
 from cpcrl.errors import ConfigError
+from tests.conftest import composed_agent, composed_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-TINY_PLANNER = {"tiny": {"horizon": 4, "candidates": 32, "top_k": 4, "iterations": 2}}
+TINY_PLANNER = {"horizon": 4, "candidates": 32, "top_k": 4, "iterations": 2}
 
 
-def world_model(name="rssm_gaussian", **over):
-    cfg = OmegaConf.load(ROOT / "conf" / "world_model" / f"{name}.yaml")
-    tiny = {"deter": 32, "hidden": 32, "stoch": 8, "latents": 4, "classes": 4, "encoder": {"hidden": 32},
-            "decoder": {"hidden": 32}, "heads": {"hidden": 32}}
-    return OmegaConf.merge(cfg, tiny, over)
+def world_model(name="rssm_gaussian", *over):
+    tiny = ["world_model.deter=32", "world_model.hidden=32", "world_model.stoch=8", "world_model.latents=4",
+            "world_model.classes=4", "world_model.encoder.hidden=32", "world_model.decoder.hidden=32",
+            "world_model.heads.hidden=32"]
+    return [f"world_model={name}", *tiny, *over]
 
 
-def tiny_agent(envs, wm=None, **kw):
+def tiny_agent(envs, wm=None, space=None, **kw):
     torch.manual_seed(0)
-    args = dict(seed_episodes=2, collect_interval=3, batch_size=4, seq_len=6, planner="tiny",
-                planners=TINY_PLANNER, seed=0)
-    return PlaNet(envs.single_observation_space, envs.single_action_space, torch.device("cpu"),
-                  world_model=wm or world_model(), **{**args, **kw})
+    args = dict(seed_episodes=2, collect_interval=3, batch_size=4, seq_len=6, planner=TINY_PLANNER, seed=0)
+    space = space or (envs.single_observation_space, envs.single_action_space)
+    return composed_agent(*space, "agent=planet", *(wm or world_model()), **{**args, **kw})
 
 
 LOSSES = ("loss/reconstruction", "loss/reward", "loss/kl", "loss/continue", "loss/model", "wm/kl_raw",
@@ -41,7 +39,8 @@ LOSSES = ("loss/reconstruction", "loss/reward", "loss/kl", "loss/continue", "los
 def test_train_iteration_end_to_end(env):
     if env == "cube":
         envs = make_cube_env(3, 2, 8, 10.0)
-        wm = world_model("rssm_discrete", decoder={"kind": "onehot", "onehot_groups": [[24, 6], [4, 12]]})
+        wm = world_model("rssm_discrete", "world_model.decoder.kind=onehot",
+                         "world_model.decoder.onehot_groups=[[24,6],[4,12]]")
     else:
         envs = make_gym_env("Pendulum-v1" if env == "pendulum" else "CartPole-v1", 2, max_episode_steps=15)
         wm = world_model()
@@ -74,18 +73,20 @@ def test_checkpoint_keeps_the_replay_on_request():
 
 def test_config_errors():
     envs = make_gym_env("Pendulum-v1", 1)
-    with pytest.raises(ConfigError, match="world_model=rssm_gaussian or rssm_discrete"):
-        tiny_agent(envs, OmegaConf.create({"name": "none"}))
-    with pytest.raises(ConfigError, match="valid are cem, cem_fast, tiny"):
-        tiny_agent(envs, planner="cme")
+    with pytest.raises(ConfigError, match="agent=planet does not fit world_model=none: valid are rssm_gaussian, "
+                                          "rssm_discrete"):
+        tiny_agent(envs, ["world_model=none"])
+    with pytest.raises(Exception, match=r"Could not find 'agent/planner/cme'[\s\S]*cem\s+cem_fast"):
+        composed_cfg("agent=planet", "agent/planner=cme")
     with pytest.raises(ConfigError, match="top_k=50 > candidates=10"):
-        tiny_agent(envs, planners={"tiny": {"horizon": 3, "candidates": 10, "top_k": 50, "iterations": 2}})
+        tiny_agent(envs, planner={"horizon": 3, "candidates": 10, "top_k": 50, "iterations": 2})
     with pytest.raises(ConfigError, match="overshooting_distance=0"):
         tiny_agent(envs, overshooting_distance=0)
     with pytest.raises(ConfigError, match="regular, free_bits"):
-        tiny_agent(envs, world_model(kl={"strategy": "nope"}))
+        tiny_agent(envs, world_model("rssm_gaussian", "world_model.kl.strategy=nope"))
     with pytest.raises(ConfigError, match="one-hot"):
-        tiny_agent(envs, world_model(decoder={"kind": "onehot", "onehot_groups": [[1, 3]]}))
+        tiny_agent(envs, world_model("rssm_gaussian", "world_model.decoder.kind=onehot",
+                                     "world_model.decoder.onehot_groups=[[1,3]]"))
 
 
 def test_overshooting_trains():
@@ -97,8 +98,8 @@ def test_overshooting_trains():
 
 def test_cli_planet_pendulum(tmp_path):
     cpcrl("agent=planet", "env=pendulum", "env.num_envs=1", "env.max_episode_steps=20", "train.total_steps=80",
-          "agent.planner=cem_fast", "agent.planners.cem_fast.candidates=16", "agent.planners.cem_fast.top_k=4",
-          "agent.planners.cem_fast.iterations=2", "agent.seed_episodes=1", "agent.collect_interval=2",
+          "agent.planner=cem_fast", "agent.planner.candidates=16", "agent.planner.top_k=4",
+          "agent.planner.iterations=2", "agent.seed_episodes=1", "agent.collect_interval=2",
           "agent.batch_size=4", "agent.seq_len=8", "world_model.deter=16", "world_model.hidden=16",
           "eval.episodes=1", "eval.num_envs=1", "logger=none", "agent.save_replay=true",
           f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, timeout=120)
@@ -113,10 +114,10 @@ def test_world_model_loss_halves_on_pendulum():
     That the planner then acts well in the real env is tests/test_learning.py's `planet_cartpole`."""
     torch.manual_seed(0)
     envs = make_gym_env("Pendulum-v1", 4, max_episode_steps=100)
-    wm = world_model(deter=64, hidden=64, stoch=8, encoder={"hidden": 64}, decoder={"hidden": 64},
-                     heads={"hidden": 64})
-    planners = {"tiny": {"horizon": 12, "candidates": 100, "top_k": 10, "iterations": 4}}
-    agent = tiny_agent(envs, wm, seed_episodes=8, batch_size=16, seq_len=16, lr=3e-3, planners=planners,
+    wm = world_model("rssm_gaussian", "world_model.deter=64", "world_model.hidden=64", "world_model.stoch=8",
+                     "world_model.encoder.hidden=64", "world_model.decoder.hidden=64", "world_model.heads.hidden=64")
+    planner = {"horizon": 12, "candidates": 100, "top_k": 10, "iterations": 4}
+    agent = tiny_agent(envs, wm, seed_episodes=8, batch_size=16, seq_len=16, lr=3e-3, planner=planner,
                        action_repeat=2)
     collector = Collector(envs, torch.device("cpu"), seed=0)
     agent.collect(collector, 8, random=True)
@@ -143,9 +144,8 @@ def test_pixels_wrapper_and_conv_world_model():
     assert obs.shape == (3, 64, 64) and obs.dtype == np.uint8 and obs.max() > obs.min()
     env.close()
     space = gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)
-    wm = world_model(encoder={"depth": 4}, decoder={"depth": 4})
-    agent = PlaNet(space, gym.spaces.Box(-1, 1, (1,), np.float32), torch.device("cpu"), world_model=wm,
-                   batch_size=2, seq_len=3, planner="tiny", planners=TINY_PLANNER)
+    wm = world_model("rssm_gaussian", "world_model.encoder.depth=4", "world_model.decoder.depth=4")
+    agent = tiny_agent(None, wm, space=(space, gym.spaces.Box(-1, 1, (1,), np.float32)), batch_size=2, seq_len=3)
     n = 4
     agent.replay.add_episode({"obs": np.random.randint(0, 255, (n, 3, 64, 64), np.uint8), "action": np.zeros((n, 1)),
                               "reward": np.zeros(n), "is_first": np.eye(n)[0].astype(bool),

@@ -6,12 +6,13 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
-from cpcrl.agents.ppo_lstm import PPOLSTM, next_values_from
+from cpcrl.agents.ppo_lstm import next_values_from
 from cpcrl.collector import Collector
 from cpcrl.envs.factory import make_gym_env
 from cpcrl.envs.wrappers import DenseFinalObs
 from cpcrl.errors import ConfigError
 from cpcrl.objectives.returns import gae
+from tests.conftest import composed_agent
 
 CPU = torch.device("cpu")
 SMALL = {"name": "lstm", "hidden": 32, "lstm_hidden": 16, "num_layers": 1}
@@ -71,11 +72,14 @@ def test_next_values_termination_vs_truncation_hand_case():
     assert ret.flatten().tolist() == [1.5, 1.0, 4.5, 5.5]
 
 
-def _agent(envs, **kw):
+def _agent(envs, world_model=None, **kw):
     torch.manual_seed(0)
-    args = dict(world_model=SMALL, num_steps=16, truncation_length=4, num_minibatches=2, total_steps=10_000)
+    wm = world_model or SMALL
+    args = dict(num_steps=16, truncation_length=4, num_minibatches=2, total_steps=10_000)
     args.update(kw)
-    return PPOLSTM(envs.single_observation_space, envs.single_action_space, CPU, **args)
+    overrides = [f"world_model={wm['name']}"] + [f"world_model.{k}={v}" for k, v in wm.items() if k != "name"]
+    return composed_agent(envs.single_observation_space, envs.single_action_space, "agent=ppo_lstm", *overrides,
+                          **args)
 
 
 @pytest.mark.parametrize("env_id,observe,separate", [("CartPole-v1", [0, 2], False), ("Pendulum-v1", [0, 1], False),
@@ -145,7 +149,7 @@ def test_truncation_bootstraps_from_final_obs_with_post_step_state():
         final = torch.from_numpy(col.steps[t].final_obs)
         v_final = agent.value(agent.belief.step(final, post, torch.zeros(2, dtype=torch.bool))[0])
         v_reset_obs = agent.value(agent.belief.step(final, agent.initial_state(2), torch.ones(2, dtype=torch.bool))[0])
-    want = batch["rewards"][t] + agent.gamma * v_final - batch["values"][t]
+    want = batch["rewards"][t] + agent.cfg.gamma * v_final - batch["values"][t]
     torch.testing.assert_close(batch["advantages"][t], want, atol=1e-5, rtol=1e-6)
     assert (v_final - v_reset_obs).abs().max() > 1e-5  # the post-step state matters: the check can fail
     # Pendulum never terminates and actions go to the env clipped, stored unclipped

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cpcrl.nets.recurrent import LSTMBelief, MLPBelief
+from cpcrl.nets.recurrent import LSTMBelief, LSTMConfig, MLPBelief
 
 
 def _belief(layers=1):
@@ -77,5 +77,5 @@ def test_mlp_belief_is_stateless():
 
 
 def test_bad_sizes_are_rejected():
-    with pytest.raises(ValueError, match="lstm_hidden"):
-        LSTMBelief(3, 16, 0)
+    with pytest.raises(ValueError, match="world_model.lstm_hidden=0: must be a positive integer"):
+        LSTMConfig(hidden=16, lstm_hidden=0)

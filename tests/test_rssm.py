@@ -3,6 +3,7 @@ import torch
 
 from cpcrl.errors import ConfigError
 from cpcrl.nets.rssm import RSSM, map_state
+from cpcrl.objectives.world_model import WorldModelConfig
 
 T, B, E, A = 5, 3, 7, 2
 
@@ -97,5 +98,5 @@ def test_mode_is_deterministic():
 
 
 def test_bad_kind():
-    with pytest.raises(ConfigError, match="gaussian, categorical"):
-        RSSM(E, A, kind="beta")
+    with pytest.raises(ConfigError, match="world_model.kind='beta': valid are gaussian, categorical"):
+        WorldModelConfig(name="rssm_beta", kind="beta")

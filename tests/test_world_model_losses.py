@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
+from cpcrl.config import typed
 from cpcrl.errors import ConfigError
 from cpcrl.nets.codecs import MLPEncoder
 from cpcrl.nets.rssm import RSSM
@@ -101,8 +102,8 @@ def test_overshooting_distance_one_is_the_plain_kl():
 def test_unknown_kl_strategy():
     with pytest.raises(ConfigError, match="regular, free_bits, balanced, dreamerv3"):
         KLConfig("sparse")
-    with pytest.raises(ConfigError, match="unknown keys"):
-        KLConfig.from_config({"strategy": "regular", "free_bit": 1})
+    with pytest.raises(ConfigError, match="world_model.kl.free_bit: no such key in world_model.kl; valid are strategy"):
+        typed(KLConfig, {"strategy": "regular", "free_bit": 1}, "world_model.kl")
 
 
 def test_onehot_nll_is_cross_entropy_per_group():

@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
 import gymnasium as gym
 import torch
+from omegaconf import MISSING
 from torch import nn
 
+from cpcrl.checks import Params
 from cpcrl.errors import ConfigError
+
+
+@dataclass
+class AgentConfig(Params):
+    """Base of every agent's hyper-parameters (`agent.*`); a subclass sets `_target_` and `name`."""
+
+    key = "agent"
+    _target_: str = MISSING  # the Agent class
+    name: str = MISSING
+
+    def check_world_model(self, world_model) -> None:
+        """Rules between these hyper-parameters and the world model (ConfigError naming both keys)."""
+
+
+@dataclass
+class NoWorldModel(Params):
+    """world_model=none: the agent reads observations directly (reinforce, feed-forward PPO)."""
+
+    key = "world_model"
+    name: str = "none"
 
 
 class Agent(nn.Module):
     name = "agent"
-    world_models: tuple[str, ...] = ("none",)  # world_model options this agent can be composed with
+    Config: ClassVar[type]  # the hyper-parameter dataclass (`agent.*`): types, defaults, checks, one doc per field
+    # the world_model options this agent can be composed with, and the schema of each
+    world_models: ClassVar[dict[str, type]] = {"none": NoWorldModel}
 
-    def __init__(self, obs_space: gym.Space, action_space: gym.Space, device: torch.device, world_model=None):
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, device: torch.device):
         super().__init__()
         if not isinstance(obs_space, gym.spaces.Box):
             raise ConfigError(f"agent={self.name} needs a Box observation space, the env has {obs_space}")
@@ -32,9 +60,32 @@ class Agent(nn.Module):
         """-> (action, state). `is_first` marks envs whose episode starts at this obs."""
         raise NotImplementedError
 
+    def policy_scores(self, obs: torch.Tensor, state, is_first: torch.Tensor, action_mask: torch.Tensor | None = None):
+        """-> (log-probs of every action [B, A], value [B] or None, state after obs): what `act(explore=False)`
+        decides from, for search over the policy (`cpcrl.solve`). Discrete actions only."""
+        raise ConfigError(f"agent={self.name} has no policy to search over: mode=solve needs an agent with one "
+                          "(reinforce, ppo_lstm, cpc_rl, dreamer, random)")
+
+    def commit_action(self, state, actions: torch.Tensor):
+        """The state once `actions` (int [B]) are taken from it (for agents whose state holds the action)."""
+        return state
+
     def train_iteration(self, collector) -> dict[str, float]:
         """Collect with `collector`, update, and return scalar metrics (loss/..., ...)."""
         raise NotImplementedError
+
+    def optimizer_step(self, names: Iterable[str], loss: torch.Tensor,
+                       clips: Iterable[tuple[Iterable[nn.Parameter], float | None]]) -> list[torch.Tensor]:
+        """One gradient step of the optimizers `names` on `loss`, each parameter group in `clips` clipped to its
+        max norm (None: not clipped, the norm still measured). -> the norms before clipping."""
+        names = list(names)
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        norms = [nn.utils.clip_grad_norm_(params, max_norm or float("inf")) for params, max_norm in clips]
+        for name in names:
+            self.optimizers[name].step()
+        return norms
 
     def checkpoint_state(self) -> dict:
         return {"model": self.state_dict(), "optim": {k: o.state_dict() for k, o in self.optimizers.items()}}

@@ -45,52 +45,92 @@ import contextlib
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import II, MISSING
 from torch import Tensor, nn
 
-from cpcrl.agents.base import Agent
-from cpcrl.data.replay import SequenceReplay
+from cpcrl.agents.base import AgentConfig
+from cpcrl.agents.model_based import ModelBasedAgent
+from cpcrl.checks import (
+    boolean,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional_positive,
+    optional_positive_int,
+    optional_unit_interval,
+    param,
+    positive,
+    positive_int,
+    unit_interval,
+)
 from cpcrl.device import autocast
 from cpcrl.errors import ConfigError
-from cpcrl.nets.codecs import is_image, make_decoder, make_encoder, make_head
+from cpcrl.nets.codecs import is_image
 from cpcrl.nets.distributions import TanhNormal, TwoHotDist, straight_through_onehot, symlog, twohot_bins, unimix_logits
 from cpcrl.nets.mlp import mlp
-from cpcrl.nets.rssm import make_rssm, map_state
+from cpcrl.nets.rssm import map_state
 from cpcrl.objectives.actor_critic import ReturnNormalizer, ema_update, imagination_weights
 from cpcrl.objectives.returns import lambda_returns
-from cpcrl.objectives.world_model import KLConfig, continue_loss, gaussian_nll, kl_loss, onehot_nll
+from cpcrl.objectives.world_model import world_model_loss
 
 VERSIONS = ("v1", "v3")
 WORLD_MODEL_KIND = {"v1": "gaussian", "v3": "categorical"}
-# Per-version defaults; any of these given explicitly (agent.gamma=...) wins. Mirrored in conf/agent/dreamer.yaml.
-DEFAULT_VERSIONS = {
-    "v1": dict(gamma=0.99, model_lr=6e-4, actor_lr=8e-5, critic_lr=8e-5, adam_eps=1e-7, model_grad_clip=100.0,
-               ac_grad_clip=100.0, entropy=0.0, expl_noise=0.3, slow_critic_decay=None, slow_reg=0.0,
-               return_norm=False, twohot=False, unimix=0.0, layer_norm=False),
-    "v3": dict(gamma=1 - 1 / 333, model_lr=1e-4, actor_lr=3e-5, critic_lr=3e-5, adam_eps=1e-5,
-               model_grad_clip=1000.0, ac_grad_clip=100.0, entropy=3e-4, expl_noise=0.0, slow_critic_decay=0.98,
-               slow_reg=1.0, return_norm=True, twohot=True, unimix=0.01, layer_norm=True),
-}
-# Network sizes: world model (deter, stoch / latents x classes, units) and actor/critic (units x layers).
-# s and m follow the DreamerV3 paper's S and M; xs is ours, small enough to train on a 2-core CPU.
-DEFAULT_SIZES = {
-    "xs": dict(deter=128, units=128, layers=2, stoch=16, latents=16, classes=16),
-    "s": dict(deter=512, units=512, layers=2, stoch=32, latents=32, classes=32),
-    "m": dict(deter=1024, units=640, layers=3, stoch=32, latents=32, classes=32),
-}
 
 
-def sized_world_model(world_model, preset: dict):
-    """The world-model config with the size preset's dims written over it."""
-    net = {"hidden": preset["units"], "layers": preset["layers"]}
-    dims = {"deter": preset["deter"], "hidden": preset["units"], "encoder": net, "decoder": net, "heads": net}
-    dims.update({"stoch": preset["stoch"]} if world_model.kind == "gaussian"
-                else {"latents": preset["latents"], "classes": preset["classes"]})
-    return OmegaConf.merge(world_model, dims)
+
+@dataclass
+class DreamerConfig(AgentConfig):
+    """Dreamer. `version` and the keys marked (version) come from a preset, conf/agent/dreamer_version/v1|v3.yaml
+    (`agent.version=v1` on the command line is short for `agent/dreamer_version=v1`); the network sizes from
+    conf/agent/dreamer_size/*.yaml (they set world_model dims; `world_model.*=...` on the command line wins)."""
+
+    _target_: str = "cpcrl.agents.dreamer.Dreamer"
+    name: str = "dreamer"
+    seed: int | None = II("seed")                       # of the replay sampler
+    version: str = param(MISSING, one_of(*VERSIONS))       # v1 | v3: set by the dreamer_version preset
+    train_ratio: float = param(64.0, positive)  # replayed steps per env step: updates = ratio * steps / (B * L)
+    batch_size: int = param(16, positive_int)   # chunks per update
+    seq_len: int = param(64, positive_int)      # steps per chunk; imagination starts from all B * L posteriors
+    imag_starts: int | None = param(None, optional_positive_int)  # imagine from this many random starts; null: all
+    horizon: int = param(15, positive_int)      # imagined steps
+    lam: float = param(0.95, unit_interval)     # lambda of the lambda-returns
+    prefill: int = param(1000, non_negative_int)  # replay steps of uniform random actions before the first update
+    collect_steps: int = param(1, positive_int)   # vector-env steps per train_iteration
+    # auto (v1: backprop; v3: REINFORCE if discrete, backprop if continuous) | reinforce | backprop
+    actor_gradient: str = param("auto", one_of("auto", "reinforce", "backprop"))
+    return_ema_decay: float = param(0.99, unit_interval)   # v3 return normaliser: EMA of the 5th/95th percentiles
+    return_scale_floor: float = param(1.0, positive)       #   scale = max(floor, p95 - p5)
+    precision: str = II("device.precision")                # bf16: autocast around the losses (cpcrl.device)
+    replay_capacity: int = param(1_000_000, positive_int)  # steps
+    save_replay: bool = False                   # put the replay into checkpoints (a resumed run keeps its data)
+    gamma: float = param(MISSING, unit_interval)                 # (version) discount
+    model_lr: float = param(MISSING, positive)                   # (version)
+    actor_lr: float = param(MISSING, positive)                   # (version)
+    critic_lr: float = param(MISSING, positive)                  # (version)
+    adam_eps: float = param(MISSING, positive)                   # (version)
+    model_grad_clip: float | None = param(MISSING, optional_positive)  # (version) null: no clipping
+    ac_grad_clip: float | None = param(MISSING, optional_positive)     # (version) actor and critic
+    entropy: float = param(MISSING, non_negative)                # (version) entropy bonus eta
+    expl_noise: float = param(MISSING, non_negative)             # (version) Gaussian std / epsilon (discrete)
+    # (version) EMA decay of the slow critic; null: none
+    slow_critic_decay: float | None = param(MISSING, optional_unit_interval)
+    slow_reg: float = param(MISSING, non_negative)               # (version) weight of the slow-critic regulariser
+    return_norm: bool = param(MISSING, boolean)                  # (version) divide returns by the percentile scale
+    twohot: bool = param(MISSING, boolean)      # (version) two-hot (255 symlog bins) reward and value heads
+    unimix: float = param(MISSING, unit_interval)                # (version) uniform mixture in the discrete policy
+    layer_norm: bool = param(MISSING, boolean)                   # (version) LayerNorm in the actor and critic MLPs
+
+    def check_world_model(self, world_model):
+        if world_model.kind != WORLD_MODEL_KIND[self.version]:
+            want = "rssm_gaussian" if self.version == "v1" else "rssm_discrete"
+            raise ConfigError(f"agent.version={self.version} needs world_model={want} (a "
+                              f"{WORLD_MODEL_KIND[self.version]} RSSM), got world_model={world_model.name} "
+                              f"({world_model.kind})")
 
 
 @contextlib.contextmanager
@@ -195,96 +235,39 @@ class Actor(nn.Module):
 
 # --- the agent ------------------------------------------------------------------------------------------------
 
-class Dreamer(Agent):
+class Dreamer(ModelBasedAgent):
     name = "dreamer"
-    world_models = ("rssm_gaussian", "rssm_discrete")
+    Config = DreamerConfig
 
-    def __init__(self, obs_space, action_space, device, world_model=None, version="v3", size="xs", sizes=None,
-                 versions=None, train_ratio=64.0, batch_size=16, seq_len=64, horizon=15, lam=0.95, prefill=1000,
-                 collect_steps=1, imag_starts=None, actor_gradient="auto", gamma=None, model_lr=None,
-                 actor_lr=None, critic_lr=None, adam_eps=None, model_grad_clip=None, ac_grad_clip=None, entropy=None,
-                 expl_noise=None,
-                 slow_critic_decay=None, slow_reg=None, return_norm=None, twohot=None, unimix=None,
-                 layer_norm=None, return_ema_decay=0.99, return_scale_floor=1.0, precision="fp32",
-                 replay_capacity=1_000_000, save_replay=False, seed=None):
+    def __init__(self, obs_space, action_space, device, cfg: DreamerConfig, world_model):
         super().__init__(obs_space, action_space, device)
-        if world_model is None or world_model.get("name") not in self.world_models:
-            raise ConfigError("agent=dreamer needs world_model=rssm_gaussian (v1) or rssm_discrete (v3)")
-        if version not in VERSIONS:
-            raise ConfigError(f"agent.version={version!r}: valid are {', '.join(VERSIONS)}")
-        if world_model.kind != WORLD_MODEL_KIND[version]:
-            want = "rssm_gaussian" if version == "v1" else "rssm_discrete"
-            raise ConfigError(f"agent.version={version} needs world_model={want} (a {WORLD_MODEL_KIND[version]} "
-                              f"RSSM), got world_model={world_model.name} ({world_model.kind})")
-        sizes = {**DEFAULT_SIZES, **dict(sizes or {})}
-        if size is not None and size not in sizes:
-            raise ConfigError(f"agent.size={size!r}: valid are {', '.join(sizes)} (or null: the world_model dims)")
-        if actor_gradient not in ("auto", "reinforce", "backprop"):
-            raise ConfigError(f"agent.actor_gradient={actor_gradient!r}: valid are auto, reinforce, backprop")
-        for key, value in (("batch_size", batch_size), ("seq_len", seq_len), ("horizon", horizon),
-                           ("collect_steps", collect_steps)):
-            if int(value) < 1:
-                raise ConfigError(f"agent.{key}={value}: must be a positive integer")
-        if train_ratio <= 0:
-            raise ConfigError(f"agent.train_ratio={train_ratio}: must be > 0 (replayed steps per env step)")
-        # explicit hyperparameters win over the version's defaults
-        given = dict(gamma=gamma, model_lr=model_lr, actor_lr=actor_lr, critic_lr=critic_lr, adam_eps=adam_eps,
-                     model_grad_clip=model_grad_clip, ac_grad_clip=ac_grad_clip, entropy=entropy,
-                     expl_noise=expl_noise, slow_critic_decay=slow_critic_decay, slow_reg=slow_reg,
-                     return_norm=return_norm, twohot=twohot, unimix=unimix, layer_norm=layer_norm)
-        base = {**DEFAULT_VERSIONS[version], **dict((versions or {}).get(version, {}) or {})}
-        hp = {k: (base.get(k) if v is None else v) for k, v in given.items()}
-        self.hp = hp
-        self.version, self.precision = version, precision
-        self.train_ratio, self.batch_size, self.seq_len = float(train_ratio), int(batch_size), int(seq_len)
-        self.horizon, self.lam, self.gamma = int(horizon), float(lam), float(hp["gamma"])
-        self.prefill, self.collect_steps, self.save_replay = int(prefill), int(collect_steps), save_replay
-        self.imag_starts = None if imag_starts is None else int(imag_starts)
-        self.entropy_coef, self.expl_noise = float(hp["entropy"]), float(hp["expl_noise"])
-        self.slow_reg = float(hp["slow_reg"])
-        self.model_grad_clip, self.ac_grad_clip = float(hp["model_grad_clip"]), float(hp["ac_grad_clip"])
+        self.cfg = cfg
         # v1 backpropagates through the dynamics for every action space (straight-through for one-hots);
         # v3 uses REINFORCE where the action is discrete and backprop where it is continuous.
-        self.backprop = (actor_gradient == "backprop" or
-                         (actor_gradient == "auto" and (version == "v1" or not self.discrete)))
+        self.backprop = (cfg.actor_gradient == "backprop" or
+                         (cfg.actor_gradient == "auto" and (cfg.version == "v1" or not self.discrete)))
 
-        # world model
-        if size is not None:
-            world_model = sized_world_model(world_model, sizes[size])
-            units, layers = int(sizes[size]["units"]), int(sizes[size]["layers"])
-        else:
-            heads = dict(world_model.get("heads", {}) or {})
-            units, layers = int(heads.get("hidden", 200)), int(heads.get("layers", 2))
-        activation = world_model.get("activation", "elu")
-        self.world_model_cfg = world_model
-        self.kl_cfg = KLConfig.from_config(world_model.get("kl"))
-        self.encoder = make_encoder(obs_space, world_model)
-        self.rssm = make_rssm(world_model, self.encoder.out_dim, self.action_dim)
-        self.decoder, self.onehot_groups = make_decoder(obs_space, self.rssm.feature_dim, world_model)
-        self.symlog_obs = version == "v3" and not is_image(obs_space) and not self.onehot_groups
-        feature_dim = self.rssm.feature_dim
-        self.reward_head = ScalarHead(feature_dim, units, layers, activation, bool(hp["twohot"]))
-        self.continue_head = make_head(feature_dim, units, layers, activation)
+        # world model; the actor and critic have the heads' sizes
+        units, layers, activation = world_model.heads.hidden, world_model.heads.layers, world_model.activation
+        self.build_world_model(obs_space, world_model,
+                               lambda f: ScalarHead(f, units, layers, activation, cfg.twohot))
+        self.symlog_obs = cfg.version == "v3" and not is_image(obs_space) and not self.onehot_groups
 
         # behaviour
-        layer_norm = bool(hp["layer_norm"])
-        self.actor = Actor(feature_dim, self.action_dim, self.discrete, units, layers, activation, version,
-                           float(hp["unimix"]), layer_norm)
-        self.critic = ScalarHead(feature_dim, units, layers, activation, bool(hp["twohot"]), layer_norm)
-        self.slow_critic_decay = hp["slow_critic_decay"]
-        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False) if self.slow_critic_decay else None
-        self.return_norm = ReturnNormalizer(return_ema_decay, return_scale_floor, enabled=bool(hp["return_norm"]))
+        feature_dim = self.rssm.feature_dim
+        self.actor = Actor(feature_dim, self.action_dim, self.discrete, units, layers, activation, cfg.version,
+                           cfg.unimix, cfg.layer_norm)
+        self.critic = ScalarHead(feature_dim, units, layers, activation, cfg.twohot, cfg.layer_norm)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False) if cfg.slow_critic_decay else None
+        self.return_norm = ReturnNormalizer(cfg.return_ema_decay, cfg.return_scale_floor, enabled=cfg.return_norm)
         self.to(device)
 
-        eps = float(hp["adam_eps"])
         self.world_model_modules = (self.encoder, self.rssm, self.decoder, self.reward_head, self.continue_head)
         model_params = [p for m in self.world_model_modules for p in m.parameters()]
-        self.optimizers["model"] = torch.optim.Adam(model_params, lr=float(hp["model_lr"]), eps=eps)
-        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=float(hp["actor_lr"]), eps=eps)
-        self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=float(hp["critic_lr"]), eps=eps)
-
-        self.replay = SequenceReplay(obs_space.shape, obs_space.dtype, self.action_dim, int(replay_capacity),
-                                     seed=seed)
+        self.optimizers["model"] = torch.optim.Adam(model_params, lr=cfg.model_lr, eps=cfg.adam_eps)
+        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.adam_eps)
+        self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.adam_eps)
+        self.make_replay(cfg.replay_capacity, cfg.seed)
         self._collect = None   # (agent state, previous action, previous reward) between iterations
         self._owed = 0.0       # updates owed by the train ratio (fraction carried over)
 
@@ -297,14 +280,6 @@ class Dreamer(Agent):
         return {"latent": self.rssm.initial(batch_size),
                 "action": torch.zeros(batch_size, self.action_dim, device=self.device)}  # one-hot if discrete
 
-    def _random_action(self, n: int, action_mask: Tensor | None) -> Tensor:
-        if self.discrete:
-            logits = torch.zeros(n, self.action_dim, device=self.device)
-            if action_mask is not None:
-                logits = logits.masked_fill(~action_mask.bool(), -torch.inf)
-            return F.one_hot(torch.distributions.Categorical(logits=logits).sample(), self.action_dim).float()
-        return torch.rand(n, self.action_dim, device=self.device) * 2 - 1
-
     @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True, random=False):
         """Filter the observation into the belief, then sample the policy (`explore`) or take its mode."""
@@ -312,18 +287,26 @@ class Dreamer(Agent):
         embed = self.encoder(self.preprocess(obs.float()))
         post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first, sample=explore)
         if random:
-            action = self._random_action(obs.shape[0], action_mask)
+            action = self.uniform_action(obs.shape[0], action_mask)
         else:
             policy = self.actor(self.rssm.features(post), action_mask)
             action = policy.rsample() if explore else policy.mode
-            if explore and self.expl_noise > 0:  # v1's exploration noise on top of the policy's own
-                if self.discrete:
-                    pick = torch.rand(action.shape[0], 1, device=self.device) < self.expl_noise
-                    action = torch.where(pick, self._random_action(action.shape[0], action_mask), action)
-                else:
-                    action = (action + self.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+            if explore and self.cfg.expl_noise > 0:  # v1's exploration noise on top of the policy's own
+                action = self.explore(action, action_mask, self.cfg.expl_noise)
         state = {"latent": post, "action": action}
         return (action.argmax(-1) if self.discrete else action), state
+
+    @torch.no_grad()
+    def policy_scores(self, obs, state, is_first, action_mask=None):
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        embed = self.encoder(self.preprocess(obs.float()))
+        post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first, sample=False)
+        feats = self.rssm.features(post)
+        return (self.actor(feats, action_mask).log_probs, self.critic.predict(feats).float(),
+                {"latent": post, "action": state["action"]})
+
+    def commit_action(self, state, actions):
+        return {"latent": state["latent"], "action": F.one_hot(actions.long(), self.action_dim).to(state["action"])}
 
     def collect(self, collector, steps: int, random: bool) -> None:
         """`steps` vector steps; the replay stores (o_t, a_{t-1}, r_t) per step and each episode's final obs."""
@@ -333,45 +316,22 @@ class Dreamer(Agent):
         state, prev_action, prev_reward = self._collect
         for _ in range(steps):
             first = np.asarray(collector.is_first, dtype=bool)
-            for i in range(n):
-                self.replay.add(i, collector.obs[i], 0 * prev_action[i] if first[i] else prev_action[i],
-                                0.0 if first[i] else float(prev_reward[i]), bool(first[i]))
+            self.replay.add_observations(range(n), collector.obs, prev_action, prev_reward, first)
             action, state = self.act(collector.obs_tensor(), state, collector.tensor(first),
                                      collector.tensor(collector.action_mask), True, random)
             step = collector.step(action)
             prev_action, prev_reward = state["action"].cpu().numpy(), step.reward
-            for i in np.flatnonzero(step.done):
-                self.replay.add(i, step.final_obs[i], prev_action[i], float(step.reward[i]), False,
-                                bool(step.terminated[i]), last=True)
+            self.replay.add_final_observations(step, prev_action, step.reward)
         self._collect = (state, prev_action, prev_reward)
 
     # --- learning the world model ---------------------------------------------------------------------------
 
     def model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict, dict[str, Tensor]]:
-        """-> (loss, posterior states [L, B], metrics)."""
-        obs, actions, rewards = batch["obs"], batch["action"], batch["reward"]
-        is_first, is_terminal = batch["is_first"], batch["is_terminal"]
-
-        post, prior = self.rssm.observe(self.encoder(self.preprocess(obs.float())), actions, is_first)
-        features = self.rssm.features(post)
-
-        prediction = self.decoder(features)
-        if self.onehot_groups:
-            reconstruction = onehot_nll(prediction, obs, self.onehot_groups).mean()
-        else:
-            target = self.preprocess(self.decoder.target(obs))
-            reconstruction = gaussian_nll(prediction.float(), target, event_dims=obs.dim() - 2).mean()
-        # r_t arrives with o_t; an episode start has none (stored as 0). A masked mean, not a boolean
-        # index, so the shape is static (no device->host sync).
-        has_reward = (~is_first).float()
-        reward = (self.reward_head.nll(features, rewards) * has_reward).sum() / has_reward.sum().clamp(min=1)
-        cont = continue_loss(self.continue_head(features).float(), is_terminal)
-        # KL in fp32 even under bf16 autocast: bf16 softmaxes miss the simplex check of torch.distributions
-        as_fp32 = lambda state: map_state(lambda x: x.float(), state)  # noqa: E731
-        kl, kl_raw = kl_loss(self.rssm, as_fp32(post), as_fp32(prior), self.kl_cfg)
-        model = reconstruction + reward + cont + kl
-        return model, post, {"loss/model": model, "loss/reconstruction": reconstruction, "loss/reward": reward,
-                             "loss/continue": cont, "loss/kl": kl, "wm/kl_raw": kl_raw}
+        """-> (loss, posterior states [L, B], metrics): `world_model_loss` on symlog observations (v3 vectors)."""
+        model, post, _, metrics = world_model_loss(batch, self.encoder, self.rssm, self.decoder,
+                                                   self.reward_head.nll, self.continue_head, self.kl_cfg,
+                                                   self.onehot_groups, self.preprocess)
+        return model, post, metrics
 
     # --- learning behaviour in imagination ------------------------------------------------------------------
 
@@ -391,7 +351,7 @@ class Dreamer(Agent):
 
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
             state, features, actions = start, [self.rssm.features(start)], []
-            for _ in range(self.horizon):
+            for _ in range(self.cfg.horizon):
                 actions.append(act(features[-1]))
                 state = self.rssm.img_step(state, actions[-1])
                 features.append(self.rssm.features(state))
@@ -400,8 +360,8 @@ class Dreamer(Agent):
     def behaviour_loss(self, post: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """-> (actor loss, critic loss, metrics); the formulas are in the module docstring."""
         start = map_state(lambda x: x.detach().flatten(0, 1), post)  # every posterior state of the batch
-        if self.imag_starts and self.imag_starts < len(start["deter"]):  # or a random subset (CPU budgets)
-            pick = torch.randperm(len(start["deter"]), device=start["deter"].device)[: self.imag_starts]
+        if self.cfg.imag_starts and self.cfg.imag_starts < len(start["deter"]):  # or a random subset (CPU budgets)
+            pick = torch.randperm(len(start["deter"]), device=start["deter"].device)[: self.cfg.imag_starts]
             start = map_state(lambda x: x[pick], start)
         with frozen(*self.world_model_modules):  # the actor loss trains the actor only
             features, actions, actor_out = self.imagine(start)
@@ -414,8 +374,8 @@ class Dreamer(Agent):
             else:  # no gradient in the features: one critic pass serves the returns and the critic loss
                 critic_out = self.critic(features)
                 values, critic_out = self.critic.mean_of(critic_out.detach()), critic_out[:-1]
-            returns = lambda_returns(rewards, values, continues, self.gamma, self.lam)  # [H, N], states 0..H-1
-            weights = imagination_weights(continues, self.gamma)
+            returns = lambda_returns(rewards, values, continues, self.cfg.gamma, self.cfg.lam)  # [H, N], states 0..H-1
+            weights = imagination_weights(continues, self.cfg.gamma)
             scale = self.return_norm(returns)
 
             if self.backprop:  # the gradient reaches the actor through rewards, values and the dynamics
@@ -426,12 +386,12 @@ class Dreamer(Agent):
                 advantage = (returns - values[:-1]) / scale
                 objective = policy.log_prob(actions.detach()) * advantage.detach()
             entropy = policy.entropy()
-            actor_loss = -(weights * (objective + self.entropy_coef * entropy)).mean()
+            actor_loss = -(weights * (objective + self.cfg.entropy * entropy)).mean()
 
         value_features, target = features[:-1].detach(), returns.detach()
         critic_loss = self.critic.nll_of(critic_out, target)
         if self.slow_critic is not None:  # pull towards the slow critic: a trust region for the value
-            critic_loss = critic_loss + self.slow_reg * self.critic.nll_of(
+            critic_loss = critic_loss + self.cfg.slow_reg * self.critic.nll_of(
                 critic_out, self.slow_critic.predict(value_features).detach())
         critic_loss = (weights * critic_loss).mean()
         return actor_loss, critic_loss, {"loss/actor": actor_loss, "loss/critic": critic_loss,
@@ -439,37 +399,30 @@ class Dreamer(Agent):
                                          "dreamer/value": values.detach().mean(),
                                          "dreamer/return_scale": scale, "dreamer/entropy": entropy.detach().mean()}
 
-    def _step(self, names: tuple[str, ...], loss: Tensor, clips: tuple[tuple[list, float], ...]) -> list[Tensor]:
-        for name in names:
-            self.optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        norms = [torch.nn.utils.clip_grad_norm_(params, clip) for params, clip in clips]
-        for name in names:
-            self.optimizers[name].step()
-        return norms
-
     def update(self) -> dict[str, Tensor]:
         """One model update and one actor-critic update. Returns tensors: no host sync in here."""
-        batch = self.replay.sample(self.batch_size, self.seq_len, self.device)
-        with autocast(self.device, self.precision):
+        cfg = self.cfg
+        batch = self.replay.sample(cfg.batch_size, cfg.seq_len, self.device)
+        with autocast(self.device, cfg.precision):
             model_loss, post, metrics = self.model_loss(batch)
         model_params = [p for m in self.world_model_modules for p in m.parameters()]
-        (metrics["wm/grad_norm"],) = self._step(("model",), model_loss, ((model_params, self.model_grad_clip),))
+        (metrics["wm/grad_norm"],) = self.optimizer_step(["model"], model_loss, [(model_params, cfg.model_grad_clip)])
 
-        with autocast(self.device, self.precision):
+        with autocast(self.device, cfg.precision):
             actor_loss, critic_loss, ac_metrics = self.behaviour_loss(post)
-        metrics["dreamer/actor_grad_norm"], metrics["dreamer/critic_grad_norm"] = self._step(
-            ("actor", "critic"), actor_loss + critic_loss,
-            ((list(self.actor.parameters()), self.ac_grad_clip), (list(self.critic.parameters()), self.ac_grad_clip)))
+        metrics["dreamer/actor_grad_norm"], metrics["dreamer/critic_grad_norm"] = self.optimizer_step(
+            ["actor", "critic"], actor_loss + critic_loss,
+            [(self.actor.parameters(), cfg.ac_grad_clip), (self.critic.parameters(), cfg.ac_grad_clip)])
         if self.slow_critic is not None:
-            ema_update(self.slow_critic, self.critic, self.slow_critic_decay)
+            ema_update(self.slow_critic, self.critic, cfg.slow_critic_decay)
         return {**metrics, **ac_metrics}
 
     def train_iteration(self, collector) -> dict[str, float]:
-        while len(self.replay) < max(self.prefill, self.seq_len):  # also after a resume without the replay
+        cfg = self.cfg
+        while len(self.replay) < max(cfg.prefill, cfg.seq_len):  # also after a resume without the replay
             self.collect(collector, 1, random=True)
-        self.collect(collector, self.collect_steps, random=False)
-        self._owed += self.collect_steps * collector.num_envs * self.train_ratio / (self.batch_size * self.seq_len)
+        self.collect(collector, cfg.collect_steps, random=False)
+        self._owed += cfg.collect_steps * collector.num_envs * cfg.train_ratio / (cfg.batch_size * cfg.seq_len)
         updates, self._owed = int(self._owed), self._owed - int(self._owed)
         out = {"train/replay_steps": float(len(self.replay))}
         if updates == 0:
@@ -484,14 +437,8 @@ class Dreamer(Agent):
     # --- checkpoints ----------------------------------------------------------------------------------------
 
     def checkpoint_state(self) -> dict:
-        state = super().checkpoint_state()
-        state["owed"] = torch.tensor(self._owed)
-        if self.save_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
+        return {**super().checkpoint_state(), "owed": torch.tensor(self._owed)}
 
     def load_checkpoint_state(self, state: dict) -> None:
         super().load_checkpoint_state(state)
         self._owed = float(state.get("owed", 0.0))
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])

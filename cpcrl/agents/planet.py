@@ -24,77 +24,60 @@ Model loss, per update (time-major `[L, B]`, all terms means over steps of per-s
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import II
 from torch import Tensor
 
-from cpcrl.agents.base import Agent
-from cpcrl.data.replay import SequenceReplay
-from cpcrl.errors import ConfigError
-from cpcrl.nets.codecs import make_decoder, make_encoder, make_head
-from cpcrl.nets.rssm import make_rssm
-from cpcrl.objectives.world_model import (
-    KLConfig,
-    continue_loss,
-    gaussian_nll,
-    kl_loss,
-    onehot_nll,
-    overshooting_kl,
-    reward_loss,
-)
+from cpcrl.agents.base import AgentConfig
+from cpcrl.agents.model_based import ModelBasedAgent
+from cpcrl.checks import boolean, non_negative, optional_positive, param, positive, positive_int
+from cpcrl.nets.codecs import make_head
+from cpcrl.objectives.world_model import world_model_loss
 from cpcrl.planning.cem import CEMConfig, cem_categorical, cem_continuous
 
-DEFAULT_PLANNERS = {"cem": dict(horizon=12, candidates=1000, top_k=100, iterations=10),
-                    "cem_fast": dict(horizon=12, candidates=200, top_k=20, iterations=5)}
+
+@dataclass
+class PlaNetConfig(AgentConfig):
+    _target_: str = "cpcrl.agents.planet.PlaNet"
+    name: str = "planet"
+    seed: int | None = II("seed")                   # of the replay sampler
+    seed_episodes: int = param(5, positive_int)        # random-action episodes before the first update
+    collect_interval: int = param(100, positive_int)   # model updates per iteration
+    collect_episodes: int = param(1, positive_int)     # planner episodes collected per iteration (all envs together)
+    batch_size: int = param(50, positive_int)          # chunks per update
+    seq_len: int = param(50, positive_int)             # steps per chunk
+    lr: float = param(0.001, positive)
+    adam_eps: float = param(0.0001, positive)
+    grad_clip: float | None = param(1000.0, optional_positive)  # null: no clipping
+    overshooting_distance: int = param(1, positive_int)  # latent overshooting D; 1 = the plain KL term
+    overshooting_kl_beta: float = param(1.0, non_negative)  # weight of the d >= 2 terms
+    continue_head: bool = param(True, boolean)         # predict termination; the planner discounts rewards by it
+    action_repeat: int = param(1, positive_int)        # env steps per planned action (the model's time step)
+    expl_noise: float = param(0.3, non_negative)       # Gaussian action noise; epsilon-random for discrete actions
+    replay_capacity: int = param(1_000_000, positive_int)  # steps
+    save_replay: bool = False                          # put the replay into checkpoints (a resumed run keeps its data)
+    planner: CEMConfig = field(default_factory=CEMConfig)  # a preset: agent/planner=cem (PlaNet's) | cem_fast (CPU)
 
 
-class PlaNet(Agent):
+class PlaNet(ModelBasedAgent):
     name = "planet"
-    world_models = ("rssm_gaussian", "rssm_discrete")
+    Config = PlaNetConfig
     max_plan_rows = 1 << 16  # latent rollouts per planning pass: ~1 GB of activations at the default sizes
 
-    def __init__(self, obs_space, action_space, device, world_model=None, seed_episodes=5, collect_interval=100,
-                 collect_episodes=1, batch_size=50, seq_len=50, lr=1e-3, adam_eps=1e-4, grad_clip=1000.0,
-                 overshooting_distance=1, overshooting_kl_beta=1.0, continue_head=True, action_repeat=1,
-                 expl_noise=0.3, planner="cem", planners=None, replay_capacity=1_000_000, save_replay=False,
-                 seed=None):
+    def __init__(self, obs_space, action_space, device, cfg: PlaNetConfig, world_model):
         super().__init__(obs_space, action_space, device)
-        if world_model is None or world_model.get("name") not in self.world_models:
-            raise ConfigError("agent=planet needs world_model=rssm_gaussian or rssm_discrete")
-        planners = {**DEFAULT_PLANNERS, **dict(planners or {})}
-        if planner not in planners:
-            raise ConfigError(f"agent.planner={planner!r}: valid are {', '.join(planners)}")
-        self.plan_cfg = CEMConfig(**{k: int(v) for k, v in dict(planners[planner]).items()})
-        if int(overshooting_distance) < 1:
-            raise ConfigError(f"agent.overshooting_distance={overshooting_distance}: must be >= 1 "
-                              "(1 = no overshooting)")
-        for key, value in (("seed_episodes", seed_episodes), ("collect_interval", collect_interval),
-                           ("collect_episodes", collect_episodes), ("batch_size", batch_size),
-                           ("seq_len", seq_len), ("action_repeat", action_repeat)):
-            if int(value) < 1:
-                raise ConfigError(f"agent.{key}={value}: must be a positive integer")
-        if lr <= 0 or expl_noise < 0:
-            raise ConfigError(f"agent.lr={lr}, agent.expl_noise={expl_noise}: lr must be > 0, noise >= 0")
-        self.seed_episodes, self.collect_interval = seed_episodes, collect_interval
-        self.collect_episodes = collect_episodes
-        self.batch_size, self.seq_len, self.grad_clip = batch_size, seq_len, grad_clip
-        self.overshooting_distance, self.overshooting_kl_beta = int(overshooting_distance), overshooting_kl_beta
-        self.action_repeat, self.expl_noise, self.save_replay = int(action_repeat), expl_noise, save_replay
-
-        self.kl_cfg = KLConfig.from_config(world_model.get("kl"))
-        self.encoder = make_encoder(obs_space, world_model)
-        self.rssm = make_rssm(world_model, self.encoder.out_dim, self.action_dim)
-        self.decoder, self.onehot_groups = make_decoder(obs_space, self.rssm.feature_dim, world_model)
-        head = dict(world_model.get("heads", {}) or {})
-        self.reward_head = make_head(self.rssm.feature_dim, **head)
-        self.continue_head = make_head(self.rssm.feature_dim, **head) if continue_head else None
+        self.cfg, self.plan_cfg = cfg, cfg.planner
+        heads = world_model.heads
+        self.build_world_model(obs_space, world_model,
+                               lambda f: make_head(f, heads.hidden, heads.layers, world_model.activation),
+                               continue_head=cfg.continue_head)
         self.to(device)
-        self.optimizers["model"] = torch.optim.Adam(self.parameters(), lr=lr, eps=adam_eps)
-
-        self.replay = SequenceReplay(obs_space.shape, obs_space.dtype, self.action_dim, int(replay_capacity),
-                                     seed=seed)
+        self.optimizers["model"] = torch.optim.Adam(self.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.make_replay(cfg.replay_capacity, cfg.seed)
         self._collect = None  # (agent state, reward accumulated over the held action) between iterations
         self._plan_time, self._plans = 0.0, 0
 
@@ -135,19 +118,6 @@ class PlaNet(Agent):
         mean, _ = cem_continuous(score, batch, self.action_dim, cfg, self.device)
         return mean[:, 0]
 
-    def _explore(self, action: Tensor, action_mask: Tensor | None, random: bool) -> Tensor:
-        n = action.shape[0]
-        if self.discrete:
-            logits = torch.zeros(n, self.action_dim, device=self.device)
-            if action_mask is not None:
-                logits = logits.masked_fill(~action_mask.bool(), -torch.inf)
-            uniform = F.one_hot(torch.distributions.Categorical(logits=logits).sample(), self.action_dim).float()
-            pick = torch.rand(n, 1, device=self.device) < (1.0 if random else self.expl_noise)
-            return torch.where(pick, uniform, action)
-        if random:
-            return torch.rand_like(action) * 2 - 1
-        return (action + self.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
-
     @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True, random=False):
         """Hold the current action for `action_repeat` steps; where a new one is due (or an episode starts)
@@ -160,15 +130,15 @@ class PlaNet(Agent):
             post, _ = self.rssm.obs_step({k: v[due] for k, v in latent.items()}, held[due],
                                          self.encoder(obs[due]), first[due], sample=False)
             mask = None if action_mask is None else action_mask[due]
-            if random:
-                new = self._explore(held[due], mask, random=True)
+            if random:  # discrete: epsilon-greedy at epsilon 1 (a uniform action)
+                new = self.explore(held[due], mask, 1.0) if self.discrete else self.uniform_action(len(due), mask)
             else:
                 t0 = time.perf_counter()
                 new = self.plan(post, mask)
                 self._plan_time, self._plans = self._plan_time + time.perf_counter() - t0, self._plans + len(due)
-                new = self._explore(new, mask, random=False) if explore else new
+                new = self.explore(new, mask, self.cfg.expl_noise) if explore else new
             latent = {k: v.index_copy(0, due, post[k]) for k, v in latent.items()}
-            held, countdown = held.index_copy(0, due, new), countdown.index_fill(0, due, self.action_repeat)
+            held, countdown = held.index_copy(0, due, new), countdown.index_fill(0, due, self.cfg.action_repeat)
         state = {"latent": latent, "action": held, "countdown": countdown - 1}
         return (held.argmax(-1) if self.discrete else held), state
 
@@ -183,90 +153,49 @@ class PlaNet(Agent):
         while self.replay.episodes < target:
             first = np.asarray(collector.is_first, dtype=bool)
             due = first | (state["countdown"] <= 0).cpu().numpy()
-            held = state["action"].cpu().numpy()
-            for i in np.flatnonzero(due):  # the previous held action ends at this obs (or an episode starts)
-                self.replay.add(i, collector.obs[i], np.zeros_like(held[i]) if first[i] else held[i],
-                                0.0 if first[i] else reward_sum[i], bool(first[i]))
-                reward_sum[i] = 0.0
+            # the previous held action ends at this obs (or an episode starts): one replay step
+            self.replay.add_observations(np.flatnonzero(due), collector.obs, state["action"].cpu().numpy(),
+                                         reward_sum, first)
+            reward_sum[due] = 0.0
             mask = collector.tensor(collector.action_mask)
             action, state = self.act(collector.obs_tensor(), state, collector.tensor(first), mask, True, random)
             step = collector.step(action)
             reward_sum += step.reward
-            held = state["action"].cpu().numpy()
-            for i in np.flatnonzero(step.done):
-                self.replay.add(i, step.final_obs[i], held[i], reward_sum[i], False, bool(step.terminated[i]),
-                                last=True)
-                reward_sum[i] = 0.0
+            self.replay.add_final_observations(step, state["action"].cpu().numpy(), reward_sum)
+            reward_sum[step.done] = 0.0
         self._collect = (state, reward_sum)
 
     # --- learning the world model ------------------------------------------------------------------------
 
     def model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        obs, actions, rewards = batch["obs"], batch["action"], batch["reward"]
-        is_first, is_terminal = batch["is_first"], batch["is_terminal"]
-
-        embed = self.encoder(obs)
-        post, prior = self.rssm.observe(embed, actions, is_first)
-        features = self.rssm.features(post)
-
-        prediction, target = self.decoder(features), self.decoder.target(obs)
-        if self.onehot_groups:
-            reconstruction = onehot_nll(prediction, target, self.onehot_groups).mean()
-        else:
-            reconstruction = gaussian_nll(prediction, target, event_dims=obs.dim() - 2).mean()
-        # r_t arrives with o_t; at an episode start there is none (stored as 0), so it is not a target
-        has_reward = ~is_first
-        reward = reward_loss(self.reward_head(features)[has_reward], rewards[has_reward])
-        if self.overshooting_distance > 1:
-            kl = overshooting_kl(self.rssm, post, prior, actions, is_first, self.overshooting_distance,
-                                 self.overshooting_kl_beta, self.kl_cfg)
-            _, kl_raw = kl_loss(self.rssm, post, prior, self.kl_cfg)
-        else:
-            kl, kl_raw = kl_loss(self.rssm, post, prior, self.kl_cfg)
-        cont = continue_loss(self.continue_head(features), is_terminal) if self.continue_head else torch.zeros(())
-        model = reconstruction + reward + kl + cont
-        return model, {"loss/reconstruction": reconstruction, "loss/reward": reward, "loss/kl": kl,
-                       "loss/continue": cont, "loss/model": model, "wm/kl_raw": kl_raw,
-                       "wm/prior_entropy": self.rssm.dist(prior).entropy().mean(),
-                       "wm/post_entropy": self.rssm.dist(post).entropy().mean()}
+        cfg = self.cfg
+        model, post, prior, metrics = world_model_loss(
+            batch, self.encoder, self.rssm, self.decoder, lambda f, r: (self.reward_head(f) - r).pow(2),
+            self.continue_head, self.kl_cfg, self.onehot_groups, overshooting_distance=cfg.overshooting_distance,
+            overshooting_beta=cfg.overshooting_kl_beta)
+        metrics["wm/prior_entropy"] = self.rssm.dist(prior).entropy().mean()
+        metrics["wm/post_entropy"] = self.rssm.dist(post).entropy().mean()
+        return model, metrics
 
     def update(self) -> dict[str, float]:
-        batch = self.replay.sample(self.batch_size, self.seq_len, self.device)
-        batch = {k: (v.float() if k in ("action", "reward") else v) for k, v in batch.items()}
-        loss, metrics = self.model_loss(batch)
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip or float("inf"))
-        opt.step()
+        loss, metrics = self.model_loss(self.replay.sample(self.cfg.batch_size, self.cfg.seq_len, self.device))
+        (grad_norm,) = self.optimizer_step(["model"], loss, [(self.parameters(), self.cfg.grad_clip)])
         return {**{k: v.item() for k, v in metrics.items()}, "wm/grad_norm": grad_norm.item()}
 
     def train_iteration(self, collector) -> dict[str, float]:
-        if self.replay.episodes < self.seed_episodes:
-            self.collect(collector, self.seed_episodes - self.replay.episodes, random=True)
-        while len(self.replay) < self.seq_len:  # short seed episodes (a solved cube): seed until one chunk fits
+        cfg = self.cfg
+        if self.replay.episodes < cfg.seed_episodes:
+            self.collect(collector, cfg.seed_episodes - self.replay.episodes, random=True)
+        while len(self.replay) < cfg.seq_len:  # short seed episodes (a solved cube): seed until one chunk fits
             self.collect(collector, 1, random=True)
         t0 = time.perf_counter()
-        history = [self.update() for _ in range(self.collect_interval)]
+        history = [self.update() for _ in range(cfg.collect_interval)]
         update_time = time.perf_counter() - t0
         self._plan_time, self._plans = 0.0, 0
-        self.collect(collector, self.collect_episodes, random=False)
+        self.collect(collector, cfg.collect_episodes, random=False)
         metrics = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-        metrics.update({"perf/updates_per_s": self.collect_interval / max(update_time, 1e-9),
+        metrics.update({"perf/updates_per_s": cfg.collect_interval / max(update_time, 1e-9),
                         "perf/plan_ms": 1000 * self._plan_time / max(self._plans, 1),
                         "train/replay_steps": float(len(self.replay)),
                         "train/replay_episodes": float(self.replay.episodes)})
         return metrics
-
-    # --- checkpoints ---------------------------------------------------------------------------------------
-
-    def checkpoint_state(self) -> dict:
-        state = super().checkpoint_state()
-        if self.save_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        super().load_checkpoint_state(state)
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])

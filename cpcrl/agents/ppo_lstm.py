@@ -35,17 +35,68 @@ per env redrawn every k rollout steps, and PPO trains the per-step marginal N(me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import II
 from torch import Tensor, nn
 
-from cpcrl.agents.base import Agent
+from cpcrl.agents.base import Agent, AgentConfig, NoWorldModel
+from cpcrl.checks import (
+    non_negative,
+    optional_positive,
+    optional_positive_int,
+    param,
+    positive,
+    positive_int,
+    unit_interval,
+)
 from cpcrl.errors import ConfigError
 from cpcrl.nets.distributions import MaskedCategorical, diag_normal
 from cpcrl.nets.mlp import mlp
-from cpcrl.nets.recurrent import LSTMBelief, MLPBelief, TwinBelief
+from cpcrl.nets.recurrent import LSTMBelief, LSTMConfig, MLPBelief, TwinBelief
+from cpcrl.objectives.actor_critic import policy_loss, value_loss
 from cpcrl.objectives.returns import gae
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    """Recurrent PPO. Defaults tuned on cartpole_pomdp (sb3-zoo-like: short rollouts, many epochs, normalised obs
+    and rewards): greedy eval 500 at 80k-100k steps for seeds 0-2 (conf/experiment/ppo_*.yaml)."""
+
+    _target_: str = "cpcrl.agents.ppo_lstm.PPOLSTM"
+    name: str = "ppo_lstm"
+    recurrent: bool = True               # false: an MLP layer in place of the LSTM (same encoder and heads)
+    total_steps: int = param(II("train.total_steps"), positive_int)  # horizon of the linear lr annealing
+    num_steps: int = param(64, positive_int)          # rollout steps per env per iteration
+    truncation_length: int = param(8, positive_int)   # BPTT chunk length; must divide num_steps
+    update_epochs: int = param(10, positive_int)
+    num_minibatches: int = param(2, positive_int)     # minibatches of chunks per epoch
+    lr: float = param(0.001, positive)
+    anneal_lr: bool = True               # linear to 0 over total_steps
+    gamma: float = param(0.99, unit_interval)
+    gae_lambda: float = param(0.95, unit_interval)
+    clip_coef: float = param(0.2, positive)
+    clip_value_loss: bool = False        # true: clip V around the rollout's values (CleanRL); slows value learning
+    value_coef: float = param(0.5, non_negative)
+    entropy_coef: float = param(0.0, non_negative)
+    max_grad_norm: float | None = param(0.5, optional_positive)   # null: no clipping
+    target_kl: float | None = param(None, optional_positive)      # early-stop the epochs past this approx KL
+    norm_adv: bool = True                # per minibatch
+    normalize_obs: bool = True           # running mean/std (saved in checkpoints)
+    normalize_reward: bool = True        # divide rewards by the running std of the discounted return
+    init_log_std: float = 0.0            # continuous actions: state-independent Gaussian log-std (gSDE: of theta)
+    # continuous actions: gSDE exploration, noise = latent @ theta, theta redrawn every k steps; null: plain Gaussian
+    sde_sample_freq: int | None = param(None, optional_positive_int)
+    head_hidden: int | None = param(None, optional_positive_int)  # actor/critic MLP width; null: lstm_hidden // 2
+    separate_critic_lstm: bool = False   # true: the critic has its own encoder + LSTM (sb3-contrib's default)
+
+    def check(self):
+        if self.truncation_length > self.num_steps or self.num_steps % self.truncation_length:
+            valid = [d for d in range(1, self.num_steps + 1) if self.num_steps % d == 0]
+            raise ConfigError(f"agent.truncation_length={self.truncation_length} must divide "
+                              f"agent.num_steps={self.num_steps}: valid are {', '.join(map(str, valid))}")
 
 
 def next_values_from(values: Tensor, last_value: Tensor, dones: Tensor, truncated: Tensor,
@@ -91,80 +142,39 @@ def _init_linear(module: nn.Module, gain: float) -> None:
 
 class PPOLSTM(Agent):
     name = "ppo_lstm"
-    world_models = ("lstm", "none")
+    Config = PPOConfig
+    world_models = {"lstm": LSTMConfig, "none": NoWorldModel}
 
-    def __init__(self, obs_space, action_space, device, world_model=None, recurrent: bool = True,
-                 total_steps: int = 100_000, num_steps: int = 64, truncation_length: int = 8,
-                 update_epochs: int = 10, num_minibatches: int = 2, lr: float = 1e-3, anneal_lr: bool = True,
-                 gamma: float = 0.99, gae_lambda: float = 0.95, clip_coef: float = 0.2,
-                 clip_value_loss: bool = False, value_coef: float = 0.5, entropy_coef: float = 0.0,
-                 max_grad_norm: float = 0.5, target_kl: float | None = None, norm_adv: bool = True,
-                 normalize_obs: bool = True, normalize_reward: bool = True, init_log_std: float = 0.0,
-                 head_hidden: int | None = None, separate_critic_lstm: bool = False,
-                 sde_sample_freq: int | None = None):
+    def __init__(self, obs_space, action_space, device, cfg: PPOConfig, world_model: LSTMConfig | NoWorldModel):
         super().__init__(obs_space, action_space, device)
-        wm = dict(world_model or {})
-        wm_name = wm.get("name", "lstm")
-        if wm_name not in self.world_models:
-            raise ConfigError(f"agent=ppo_lstm does not fit world_model={wm_name}: valid are lstm, none")
-        for key, v in (("num_steps", num_steps), ("truncation_length", truncation_length),
-                       ("update_epochs", update_epochs), ("num_minibatches", num_minibatches),
-                       ("total_steps", total_steps)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"agent.{key}={v!r}: must be a positive integer")
-        if truncation_length > num_steps or num_steps % truncation_length:
-            valid = [d for d in range(1, num_steps + 1) if num_steps % d == 0]
-            raise ConfigError(f"agent.truncation_length={truncation_length} must divide agent.num_steps={num_steps}: "
-                              f"valid are {', '.join(map(str, valid))}")
-        for key, v, lo, hi in (("gamma", gamma, 0.0, 1.0), ("gae_lambda", gae_lambda, 0.0, 1.0)):
-            if not lo <= v <= hi:
-                raise ConfigError(f"agent.{key}={v}: must be in [{lo}, {hi}]")
-        if lr <= 0 or clip_coef <= 0 or max_grad_norm is not None and max_grad_norm <= 0:
-            raise ConfigError(f"agent.lr={lr}, agent.clip_coef={clip_coef}, agent.max_grad_norm={max_grad_norm}: "
-                              "must be positive")
-        if target_kl is not None and target_kl <= 0:
-            raise ConfigError(f"agent.target_kl={target_kl}: must be positive or null")
-        if sde_sample_freq is not None and (not isinstance(sde_sample_freq, int) or isinstance(sde_sample_freq, bool)
-                                            or sde_sample_freq <= 0):
-            raise ConfigError(f"agent.sde_sample_freq={sde_sample_freq!r}: must be a positive integer (steps between "
-                              "gSDE noise draws) or null (plain Gaussian)")
-        if sde_sample_freq is not None and self.discrete:
+        if cfg.sde_sample_freq is not None and self.discrete:
             raise ConfigError("agent.sde_sample_freq (gSDE) needs a continuous (Box) action space; set it to null")
-
-        self.recurrent = bool(recurrent) and wm_name == "lstm"
-        self.total_steps, self.num_steps, self.truncation_length = total_steps, num_steps, truncation_length
-        self.update_epochs, self.num_minibatches = update_epochs, num_minibatches
-        self.lr, self.anneal_lr = lr, anneal_lr
-        self.gamma, self.gae_lambda = gamma, gae_lambda
-        self.clip_coef, self.clip_value_loss = clip_coef, clip_value_loss
-        self.value_coef, self.entropy_coef, self.max_grad_norm = value_coef, entropy_coef, max_grad_norm
-        self.target_kl, self.norm_adv = target_kl, norm_adv
-
-        sizes = {k: int(wm.get(k, d)) for k, d in (("hidden", 256), ("lstm_hidden", 128), ("num_layers", 1))}
+        self.cfg = cfg
+        self.recurrent = cfg.recurrent and isinstance(world_model, LSTMConfig)
+        # world_model=none: the feed-forward twin, at the lstm world model's sizes
+        sizes = world_model if isinstance(world_model, LSTMConfig) else LSTMConfig()
         belief = LSTMBelief if self.recurrent else MLPBelief
-        try:
-            self.belief = belief(self.obs_dim, **sizes)
-            if separate_critic_lstm:  # the critic gets its own encoder + LSTM: features are [actor | critic]
-                self.belief = TwinBelief(self.belief, belief(self.obs_dim, **sizes))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        feat = sizes["lstm_hidden"]  # what each head reads: the shared features, or its own half of the twin's
-        self._critic_features = slice(feat, None) if separate_critic_lstm else slice(None)
-        head = int(head_hidden or feat // 2)
+        self.belief = belief(self.obs_dim, sizes.hidden, sizes.lstm_hidden, sizes.num_layers)
+        if cfg.separate_critic_lstm:  # the critic gets its own encoder + LSTM: features are [actor | critic]
+            self.belief = TwinBelief(self.belief, belief(self.obs_dim, sizes.hidden, sizes.lstm_hidden,
+                                                         sizes.num_layers))
+        feat = sizes.lstm_hidden  # what each head reads: the shared features, or its own half of the twin's
+        self._critic_features = slice(feat, None) if cfg.separate_critic_lstm else slice(None)
+        head = cfg.head_hidden or feat // 2
         self.actor = mlp(feat, [head], self.action_dim, "relu")
         self.critic = mlp(feat, [head], 1, "relu")
         _init_linear(self.belief.encoder, math.sqrt(2))
         _init_linear(self.actor, math.sqrt(2)), _init_linear(self.critic, math.sqrt(2))
         nn.init.orthogonal_(self.actor[-1].weight, 0.01)
         nn.init.orthogonal_(self.critic[-1].weight, 1.0)
-        self.sde_sample_freq, self._sde_theta = sde_sample_freq, None
-        if self.sde_sample_freq:  # gSDE: one log-std per (actor hidden unit, action dim)
-            self.log_std = nn.Parameter(torch.full((head, self.action_dim), float(init_log_std)))
+        self._sde_theta = None
+        if cfg.sde_sample_freq:  # gSDE: one log-std per (actor hidden unit, action dim)
+            self.log_std = nn.Parameter(torch.full((head, self.action_dim), float(cfg.init_log_std)))
         elif not self.discrete:
-            self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std)))
-        self.obs_norm = RunningNorm(self.obs_dim) if normalize_obs else None
+            self.log_std = nn.Parameter(torch.full((self.action_dim,), float(cfg.init_log_std)))
+        self.obs_norm = RunningNorm(self.obs_dim) if cfg.normalize_obs else None
         # rewards divided by the running std of the discounted return (VecNormalize / gym NormalizeReward)
-        self.ret_norm = RunningNorm(1) if normalize_reward else None
+        self.ret_norm = RunningNorm(1) if cfg.normalize_reward else None
         self._disc_return = None
         self.to(device)
         self.make_optimizer()
@@ -173,9 +183,9 @@ class PPOLSTM(Agent):
     def make_optimizer(self) -> None:
         """One Adam over every parameter (subclasses that add modules call it again)."""
         try:  # the fused kernel is one op per step instead of ~10 per parameter tensor (measured ~1 ms/update here)
-            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
+            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-5, fused=True)
         except (RuntimeError, TypeError):
-            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5)
+            self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-5)
 
     # --- acting --------------------------------------------------------------------------------------------
 
@@ -196,7 +206,7 @@ class PPOLSTM(Agent):
 
     def dist(self, features: Tensor, mask: Tensor | None = None):
         features = features[..., : self.actor[0].in_features]
-        if self.sde_sample_freq:
+        if self.cfg.sde_sample_freq:
             # gSDE (Raffin et al. 2022): the action noise is latent @ theta with theta ~ N(0, std^2) held for
             # sde_sample_freq steps, so at each step a ~ N(mean, (latent^2) @ std^2) given the (detached) latent
             latent = self.actor[:-1](features)
@@ -217,10 +227,10 @@ class PPOLSTM(Agent):
     def sample(self, dist, step: int):
         """An exploring action: plain sampling, or under gSDE mean + latent @ theta (theta redrawn every
         sde_sample_freq steps of the rollout)."""
-        if not self.sde_sample_freq:
+        if not self.cfg.sde_sample_freq:
             return dist.sample()
         batch = dist.sde_latent.shape[0]
-        if step % self.sde_sample_freq == 0 or self._sde_theta is None or self._sde_theta.shape[0] != batch:
+        if step % self.cfg.sde_sample_freq == 0 or self._sde_theta is None or self._sde_theta.shape[0] != batch:
             self.sample_sde_noise(batch)
         return dist.mean + (dist.sde_latent.unsqueeze(1) @ self._sde_theta).squeeze(1)
 
@@ -241,19 +251,26 @@ class PPOLSTM(Agent):
         action = self.sample(dist, 0) if explore else dist.mode
         return self.env_action(action), state
 
+    @torch.no_grad()
+    def policy_scores(self, obs, state, is_first, action_mask=None):
+        if state is None and self.recurrent:
+            state = self.initial_state(obs.shape[0])
+        feats, state = self.belief.step(self._norm(obs), state, is_first)
+        return self.dist(feats, self._check_mask(action_mask)).logits, self.value(feats), state
+
     # --- training ------------------------------------------------------------------------------------------
 
     def _check_batch(self, num_envs: int) -> None:
-        chunks = num_envs * (self.num_steps // self.truncation_length)
-        if chunks < self.num_minibatches:
-            raise ConfigError(f"agent.num_minibatches={self.num_minibatches} is more than the {chunks} sequences per "
-                              "rollout (env.num_envs * agent.num_steps / agent.truncation_length): "
+        chunks = num_envs * (self.cfg.num_steps // self.cfg.truncation_length)
+        if chunks < self.cfg.num_minibatches:
+            raise ConfigError(f"agent.num_minibatches={self.cfg.num_minibatches} is more than the {chunks} "
+                              "sequences per rollout (env.num_envs * agent.num_steps / agent.truncation_length): "
                               f"valid are 1..{chunks}")
 
     @torch.no_grad()
     def collect(self, collector) -> dict[str, Tensor]:
         """One rollout of `num_steps` per env; returns time-major `[T, B, ...]` tensors."""
-        T, B, dev = self.num_steps, collector.num_envs, self.device
+        T, B, dev = self.cfg.num_steps, collector.num_envs, self.device
         if self._state is None or (self.recurrent and self._state[0].shape[1] != B):
             self._state = self.initial_state(B)
         state = self._state
@@ -292,7 +309,7 @@ class PPOLSTM(Agent):
                 if self._disc_return is None or self._disc_return.shape[0] != B:
                     self._disc_return = torch.zeros(B, dtype=torch.float64, device=dev)
                 # a new episode's return starts at 0 (as the belief, where is_first: also after a collector reset)
-                self._disc_return = torch.where(is_first, 0.0, self._disc_return) * self.gamma + rew_buf[t]
+                self._disc_return = torch.where(is_first, 0.0, self._disc_return) * self.cfg.gamma + rew_buf[t]
                 self.ret_norm.update(self._disc_return.unsqueeze(-1))
                 rew_buf[t] = rew_buf[t] / (self.ret_norm.var + self.ret_norm.eps).sqrt().float()
             term_buf[t], trunc_buf[t] = collector.tensor(step.terminated), collector.tensor(step.truncated)
@@ -308,7 +325,7 @@ class PPOLSTM(Agent):
             self.obs_norm.update(raw_buf)
         dones = term_buf | trunc_buf
         next_values = next_values_from(val_buf, last_value, dones, trunc_buf, final_val)
-        adv, ret = gae(rew_buf, val_buf, next_values, term_buf, dones, self.gamma, self.gae_lambda)
+        adv, ret = gae(rew_buf, val_buf, next_values, term_buf, dones, self.cfg.gamma, self.cfg.gae_lambda)
         out = {"obs": obs_buf, "actions": act_buf, "logp": logp_buf, "values": val_buf, "is_first": first_buf,
                "advantages": adv, "returns": ret, "rewards": rew_buf, "masks": masks}  # rewards as trained on
         if self.recurrent:
@@ -318,7 +335,7 @@ class PPOLSTM(Agent):
     def chunks(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Cut `[T, B, ...]` into `[truncation_length, (T / truncation_length) * B, ...]` sequences (chunk-major),
         with the stored state at each chunk start as `[L, N, H]`."""
-        T, K = self.num_steps, self.truncation_length
+        T, K = self.cfg.num_steps, self.cfg.truncation_length
         out = {}
         for k, v in batch.items():
             if v is None or k in ("h", "c"):
@@ -346,58 +363,48 @@ class PPOLSTM(Agent):
         dist = self.dist(feats, ch["masks"][:, idx] if "masks" in ch else None)
         return dist.log_prob(ch["actions"][:, idx]), dist.entropy(), self.value(feats)
 
-    def rl_losses(self, ch: dict[str, Tensor], idx, feats: Tensor) -> dict[str, Tensor]:
-        """The PPO terms of one minibatch: clipped surrogate, (clipped) value loss, entropy."""
+    def rl_losses(self, ch: dict[str, Tensor], idx, feats: Tensor, clip_coef: float | None) -> dict[str, Tensor]:
+        """L_rl of one minibatch: the policy loss (PPO's clipped surrogate, or without `clip_coef` the plain
+        advantage policy gradient), the (optionally clipped) value loss and the entropy bonus."""
         logp, entropy, value = self._heads(ch, idx, feats)
         adv = ch["advantages"][:, idx]
-        if self.norm_adv:
+        if self.cfg.norm_adv:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        log_ratio = logp - ch["logp"][:, idx]
-        ratio = log_ratio.exp()
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_coef, 1 + self.clip_coef)).mean()
-        ret, old_v = ch["returns"][:, idx], ch["values"][:, idx]
-        if self.clip_value_loss:
-            v_clipped = old_v + (value - old_v).clamp(-self.clip_coef, self.clip_coef)
-            v_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
-        else:
-            v_loss = 0.5 * ((value - ret) ** 2).mean()
+        pg_loss, approx_kl, clipfrac = policy_loss(logp, ch["logp"][:, idx], adv, clip_coef)
+        v_loss = value_loss(value, ch["returns"][:, idx], ch["values"][:, idx],
+                            self.cfg.clip_coef if self.cfg.clip_value_loss else None)
         ent = entropy.mean()
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clipfrac = ((ratio - 1).abs() > self.clip_coef).float().mean()
-        return {"total": pg_loss + self.value_coef * v_loss - self.entropy_coef * ent, "policy": pg_loss,
+        return {"total": pg_loss + self.cfg.value_coef * v_loss - self.cfg.entropy_coef * ent, "policy": pg_loss,
                 "value": v_loss, "entropy": ent, "approx_kl": approx_kl, "clipfrac": clipfrac}
 
     def losses(self, ch: dict[str, Tensor], idx) -> dict[str, Tensor]:
-        """Every loss term of one minibatch; `total` is what is minimised (CPC+RL adds its own terms here)."""
-        return self.rl_losses(ch, idx, self.forward_chunks(ch, idx)[1])
+        """Every loss term of one minibatch; `total` is what is minimised."""
+        return self.rl_losses(ch, idx, self.forward_chunks(ch, idx)[1], self.cfg.clip_coef)
 
     def train_iteration(self, collector) -> dict[str, float]:
         self._check_batch(collector.num_envs)
         opt = self.optimizers["policy"]
-        if self.anneal_lr:
-            frac = max(1.0 - collector.env_step / self.total_steps, 0.0)
+        if self.cfg.anneal_lr:
+            frac = max(1.0 - collector.env_step / self.cfg.total_steps, 0.0)
             for g in opt.param_groups:
-                g["lr"] = frac * self.lr
+                g["lr"] = frac * self.cfg.lr
         batch = self.collect(collector)
         ch = self.chunks(batch)
         n = ch["obs"].shape[1]
-        mb = n // self.num_minibatches
+        mb = n // self.cfg.num_minibatches
         stats: dict[str, list[Tensor]] = {}
         stop = False
-        for _ in range(self.update_epochs):
+        for _ in range(self.cfg.update_epochs):
             perm = torch.randperm(n, device=self.device)
-            for i in range(self.num_minibatches):
-                idx = perm[i * mb : (i + 1) * mb if i < self.num_minibatches - 1 else n]
+            for i in range(self.cfg.num_minibatches):
+                idx = perm[i * mb : (i + 1) * mb if i < self.cfg.num_minibatches - 1 else n]
                 terms = self.losses(ch, idx)
-                opt.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                terms["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm or float("inf"))
-                opt.step()
+                (terms["grad_norm"],) = self.optimizer_step(["policy"], terms["total"],
+                                                            [(self.parameters(), self.cfg.max_grad_norm)])
                 for k, v in terms.items():
                     if k != "total":
                         stats.setdefault(k, []).append(v.detach())
-                if self.target_kl is not None and terms["approx_kl"].item() > self.target_kl:
+                if self.cfg.target_kl is not None and terms["approx_kl"].item() > self.cfg.target_kl:
                     stop = True
                     break
             if stop:

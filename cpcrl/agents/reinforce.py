@@ -9,12 +9,14 @@ episode ended are inactive (mask 0): they add no reward to the returns and no te
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from cpcrl.agents.base import Agent
-from cpcrl.errors import ConfigError
+from cpcrl.agents.base import Agent, AgentConfig
+from cpcrl.checks import non_negative, one_of, optional_positive, param, positive, positive_ints, unit_interval
 from cpcrl.nets.distributions import MaskedCategorical, diag_normal
-from cpcrl.nets.mlp import mlp
+from cpcrl.nets.mlp import ACTIVATIONS, mlp
 from cpcrl.objectives.returns import discounted_returns
 
 
@@ -25,25 +27,32 @@ def reinforce_loss(log_probs: torch.Tensor, returns: torch.Tensor, active: torch
     return -(log_probs * (returns - baseline) * active).sum() / count
 
 
+@dataclass
+class ReinforceConfig(AgentConfig):
+    _target_: str = "cpcrl.agents.reinforce.Reinforce"
+    name: str = "reinforce"
+    hidden: list[int] = param(check=positive_ints, factory=lambda: [128])  # policy MLP widths
+    activation: str = param("elu", one_of(*ACTIVATIONS))
+    lr: float = param(0.003, positive)                        # Adam
+    gamma: float = param(0.95, unit_interval)                 # discount of the Monte-Carlo returns
+    baseline: str = param("mean", one_of("none", "mean"))     # mean: batch mean of the returns over active steps
+    entropy_coef: float = param(0.0, non_negative)
+    max_grad_norm: float | None = param(None, optional_positive)  # null: no clipping
+    init_log_std: float = -0.5                                # continuous actions only
+
+
 class Reinforce(Agent):
     name = "reinforce"
-    world_models = ("none",)
+    Config = ReinforceConfig
 
-    def __init__(self, obs_space, action_space, device, world_model=None, hidden=(128,), activation="elu",
-                 lr=1e-3, gamma=0.99, baseline="mean", entropy_coef=0.0, max_grad_norm=None, init_log_std=-0.5):
+    def __init__(self, obs_space, action_space, device, cfg: ReinforceConfig, world_model=None):
         super().__init__(obs_space, action_space, device)
-        if baseline not in ("none", "mean"):
-            raise ConfigError(f"agent.baseline={baseline!r}: valid are none, mean")
-        if not 0.0 <= gamma <= 1.0:
-            raise ConfigError(f"agent.gamma={gamma}: must be in [0, 1]")
-        if lr <= 0:
-            raise ConfigError(f"agent.lr={lr}: must be positive")
-        self.gamma, self.baseline, self.entropy_coef, self.max_grad_norm = gamma, baseline, entropy_coef, max_grad_norm
-        self.policy = mlp(self.obs_dim, list(hidden), self.action_dim, activation)
+        self.cfg = cfg
+        self.policy = mlp(self.obs_dim, cfg.hidden, self.action_dim, cfg.activation)
         if not self.discrete:
-            self.log_std = torch.nn.Parameter(torch.full((self.action_dim,), float(init_log_std)))
+            self.log_std = torch.nn.Parameter(torch.full((self.action_dim,), float(cfg.init_log_std)))
         self.to(device)
-        self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=cfg.lr)
 
     def dist(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None):
         out = self.policy(obs)
@@ -55,6 +64,9 @@ class Reinforce(Agent):
         dist = self.dist(obs, action_mask)
         action = dist.sample() if explore else dist.mode
         return (action if self.discrete else action.clamp(-1.0, 1.0)), state
+
+    def policy_scores(self, obs, state, is_first, action_mask=None):
+        return self.dist(obs, action_mask).logits, None, state
 
     def train_iteration(self, collector) -> dict[str, float]:
         collector.reset()
@@ -71,18 +83,12 @@ class Reinforce(Agent):
         obs, actions, rewards, active = (torch.stack(x) for x in (obs, actions, rewards, active_steps))
         masks = None if masks[0] is None else torch.stack(masks)
 
-        returns = discounted_returns(rewards, torch.zeros_like(rewards), self.gamma)
-        baseline = (returns * active).sum() / active.sum() if self.baseline == "mean" else 0.0
+        returns = discounted_returns(rewards, torch.zeros_like(rewards), self.cfg.gamma)
+        baseline = (returns * active).sum() / active.sum() if self.cfg.baseline == "mean" else 0.0
         dist = self.dist(obs, masks)
         loss = reinforce_loss(dist.log_prob(actions), returns, active, baseline)
         entropy = (dist.entropy() * active).sum() / active.sum()
-        total = loss - self.entropy_coef * entropy
-
-        opt = self.optimizers["policy"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(),
-                                                   self.max_grad_norm or float("inf"))
-        opt.step()
+        total = loss - self.cfg.entropy_coef * entropy
+        (grad_norm,) = self.optimizer_step(["policy"], total, [(self.parameters(), self.cfg.max_grad_norm)])
         return {"loss/policy": loss.item(), "loss/entropy": entropy.item(), "loss/grad_norm": grad_norm.item(),
                 "train/batch_return": (rewards.sum(0)).mean().item()}

@@ -55,6 +55,20 @@ class SequenceReplay:
             steps, self.pending[env] = self.pending[env], []
             self.add_episode({k: np.stack([np.asarray(s[k]) for s in steps]) for k in KEYS})
 
+    def add_observations(self, envs, obs, prev_action, prev_reward, is_first) -> None:
+        """One step (o_t, a_{t-1}, r_t) for each env in `envs` (indices into the per-env arrays); where an episode
+        starts there is no previous action or reward (stored as zeros)."""
+        for i in envs:
+            first = bool(is_first[i])
+            self.add(i, obs[i], np.zeros_like(prev_action[i]) if first else prev_action[i],
+                     0.0 if first else float(prev_reward[i]), first)
+
+    def add_final_observations(self, step, action, reward) -> None:
+        """Close the episodes that ended in collector step `step`: their final obs with the action and reward that
+        led into it."""
+        for i in np.flatnonzero(step.done):
+            self.add(i, step.final_obs[i], action[i], float(reward[i]), False, bool(step.terminated[i]), last=True)
+
     def add_episode(self, episode: dict[str, np.ndarray]) -> None:
         n = len(episode["obs"])
         if n > self.capacity:

@@ -25,6 +25,16 @@ Moves
 (see ``_build_move_perms``), not typed in. ``U+`` followed by ``D-`` (both turn the same way about the
 vertical axis) is a whole-cube rotation, which ``is_solved`` treats as solved: it ignores orientation.
 
+Start states (``scramble=``)
+----------------------------
+``moves`` (the default): ``scramble_depth`` random moves from solved (a scramble *length*, or *depth*; the
+distance to solved can be shorter: only ~53% of depth-6 scrambles are 6 quarter turns away). ``distance``:
+uniform among the states exactly ``scramble_depth`` quarter turns from solved (0..14), and the curriculum
+raises that distance. ``uniform``: uniform over all reachable states (a fully scrambled cube), drawn directly
+from the group (``cube_distance.sample_uniform``), not by moves. ``info["scramble_depth"]`` is the start's
+level: the scramble length under ``moves``, the exact distance under ``distance`` and ``uniform``.
+``optimal_distance(states)`` is the exact quarter-turn distance (table in ``cube_distance``).
+
 Observation (192 float32): sticker ``i``'s colour one-hot at ``[6*i : 6*i+6]`` (144 values), then the one-hot
 of the last 4 actions, most recent first, at ``144 + 12*k + a`` (48 values, all zero where there is no action
 yet, e.g. right after a reset).
@@ -39,9 +49,12 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from cpcrl.checks import choice, integer, number
+
 __all__ = [
     "SOLVED", "MOVE_NAMES", "MOVE_PERMS", "INVERSE_MOVE", "OBS_DIM",
     "apply_moves", "is_solved", "scramble", "encode_obs", "render_net", "Cube2x2Env", "Cube2x2VectorEnv",
+    "SCRAMBLES", "optimal_distance", "make_vector_env", "check_config",
 ]
 
 FACES = "UDLRFB"
@@ -222,13 +235,29 @@ def render_net(state: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------------------------- config
 
+SCRAMBLES = ("moves", "uniform", "distance")  # start-state kinds, see the module docstring
+_MAX_DISTANCE = 14  # God's number in the quarter-turn metric
+
+
+def optimal_distance(states: np.ndarray) -> np.ndarray:
+    """int64[N]: the fewest quarter turns that solve each state (uint8[N,24]), whatever its orientation.
+
+    Looked up in the exact table of all 3,674,160 positions (``cube_distance``; built in ~1 s at first use and
+    cached on disk)."""
+    from cpcrl.envs.cube_distance import optimal_distance as lookup  # lazy: cube_distance imports this module
+
+    return lookup(states)
+
+
+def _check_scramble(value: Any) -> str:
+    return choice("env.scramble", value, SCRAMBLES)
+
+
 _CURRICULUM_DEFAULTS = dict(enabled=True, start_depth=1, max_depth=14, threshold=0.8, window=1000, spread=1)
 
 
-def _check_int(name: str, value: Any, low: int, valid: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid: expected {valid}")
-    return int(value)
+def _check_int(name: str, value: Any, low: int) -> int:
+    return integer(f"env.{name}", value, low)
 
 
 class _Curriculum:
@@ -245,17 +274,16 @@ class _Curriculum:
             raise ValueError(f"curriculum has unknown keys {sorted(unknown)}; valid keys: {list(_CURRICULUM_DEFAULTS)}")
         c = {**_CURRICULUM_DEFAULTS, **cfg}
         self.enabled = bool(c["enabled"])
-        self.max_depth = _check_int("curriculum.max_depth", c["max_depth"], 1, "an int >= 1")
-        self.start_depth = _check_int("curriculum.start_depth", c["start_depth"], 1, "an int >= 1")
+        self.max_depth = _check_int("curriculum.max_depth", c["max_depth"], 1)
+        self.start_depth = _check_int("curriculum.start_depth", c["start_depth"], 1)
         if self.start_depth > self.max_depth:
             raise ValueError(
                 f"curriculum.start_depth={self.start_depth} is invalid: expected <= max_depth={self.max_depth}"
             )
-        self.window = _check_int("curriculum.window", c["window"], 1, "an int >= 1")
-        self.spread = _check_int("curriculum.spread", c["spread"], 0, "an int >= 0")
+        self.window = _check_int("curriculum.window", c["window"], 1)
+        self.spread = _check_int("curriculum.spread", c["spread"], 0)
         self.threshold = float(c["threshold"])
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"curriculum.threshold={c['threshold']!r} is invalid: expected a float in (0, 1]")
+        number("env.curriculum.threshold", self.threshold, 0, 1, low_open=True)
         self.depth = self.start_depth
         self.outcomes = np.zeros(self.window, dtype=bool)
         self.pos = 0  # next slot of the ring buffer
@@ -306,17 +334,35 @@ class _DepthSchedule:
 
     _pool_size = 64
 
-    def _init_schedule(self, scramble_depth, max_steps, solve_bonus, curriculum, render_mode) -> None:
-        self.fixed_depth = _check_int("scramble_depth", scramble_depth, 0, "an int >= 0")
-        self.max_steps = _check_int("max_steps", max_steps, 1, "an int >= 1")
+    def _init_schedule(self, scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble_mode) -> None:
+        self.scramble_mode = _check_scramble(scramble_mode)
+        self.fixed_depth = self._check_level("scramble_depth", scramble_depth)
+        self.max_steps = _check_int("max_steps", max_steps, 1)
         self.solve_bonus = float(solve_bonus)
         if curriculum is not None and not isinstance(curriculum, dict):
             raise ValueError(f"curriculum={curriculum!r} is invalid: expected a dict or None")
         self.curriculum = _Curriculum(curriculum) if curriculum is not None else None
+        if self.curriculum is not None:
+            self._check_curriculum_fits(self.curriculum)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'ansi'")
         self.render_mode = render_mode
         self._clear_pool()
+
+    def _check_level(self, name: str, value: Any) -> int:
+        if getattr(self, "scramble_mode", "moves") == "distance":
+            return integer(f"env.{name}", value, 0, _MAX_DISTANCE)  # scramble=distance: none is farther than 14
+        return _check_int(name, value, 0)
+
+    def _check_curriculum_fits(self, cur: _Curriculum) -> None:
+        if not cur.enabled:
+            return
+        if self.scramble_mode == "uniform":
+            raise ValueError("curriculum.enabled=true is invalid with scramble=uniform (uniform states have no level "
+                             "to raise): expected scramble=moves or scramble=distance")
+        if self.scramble_mode == "distance" and cur.max_depth > _MAX_DISTANCE:
+            raise ValueError(f"curriculum.max_depth={cur.max_depth} is invalid with scramble=distance: expected an "
+                             f"int in 1..{_MAX_DISTANCE} (no state is farther than {_MAX_DISTANCE})")
 
     @property
     def _curriculum_on(self) -> bool:
@@ -328,11 +374,31 @@ class _DepthSchedule:
         return self.curriculum.depth if self._curriculum_on else self.fixed_depth
 
     def set_scramble_depth(self, depth: int) -> None:
-        """Use a fixed depth from the next reset on, switching the curriculum off (for evaluation)."""
-        self.fixed_depth = _check_int("scramble_depth", depth, 0, "an int >= 0")
+        """Use a fixed level from the next reset on, switching the curriculum off (for evaluation). The level
+        is read in the current ``scramble_mode``: a scramble length (moves), a distance (distance), unused
+        (uniform); ``set_start("moves", depth)`` asks for scramble lengths whatever the mode."""
+        self.fixed_depth = self._check_level("scramble_depth", depth)
         if self.curriculum is not None:
             self.curriculum.enabled = False
         self._clear_pool()
+
+    def set_start(self, scramble: str, depth: int | None = None) -> None:
+        """Switch the start states to ``scramble`` (moves | uniform | distance) at fixed level ``depth`` (the
+        current one if None) from the next reset on, curriculum off: e.g. ``set_start("moves", 6)`` for a
+        scramble-length eval on an env that trains on distances, then ``set_start("distance", d)`` back."""
+        self.scramble_mode = _check_scramble(scramble)
+        self.set_scramble_depth(self.fixed_depth if depth is None else depth)
+
+    def _draw_states(self, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start states for levels ``depths`` in the current mode, and the level each reports."""
+        if self.scramble_mode == "moves":
+            return depths, scramble(self.np_random, depths)
+        from cpcrl.envs import cube_distance
+
+        if self.scramble_mode == "distance":
+            return depths, cube_distance.sample_at_distance(self.np_random, depths)
+        states = cube_distance.sample_uniform(self.np_random, len(depths))
+        return cube_distance.optimal_distance(states), states
 
     def _record_outcomes(self, solved: np.ndarray) -> None:
         if self._curriculum_on and self.curriculum.record(solved):
@@ -352,8 +418,7 @@ class _DepthSchedule:
         """Where in the pool (``_pool_d``, ``_pool_s``, ``_pool_o``, ...) the next k resets' scrambles are."""
         i = self._pool_i
         if i + k > len(self._pool_d):
-            depths = self._draw_depths(max(self._pool_size, k))
-            states = scramble(self.np_random, depths)
+            depths, states = self._draw_states(self._draw_depths(max(self._pool_size, k)))
             left = slice(i, None)  # keep unused leftovers so no drawn scramble is skipped
             self._fill_pool(
                 np.concatenate([self._pool_d[left], depths]), np.vstack([self._pool_s[left], states])
@@ -371,6 +436,7 @@ class _DepthSchedule:
         """Curriculum, fixed depth, RNG and pending scrambles as plain Python/numpy values (for checkpoints)."""
         i = self._pool_i
         return dict(
+            scramble=self.scramble_mode,
             fixed_depth=self.fixed_depth,
             curriculum=None if self.curriculum is None else self.curriculum.get_state(),
             rng=self.np_random.bit_generator.state,
@@ -379,6 +445,8 @@ class _DepthSchedule:
         )
 
     def set_state(self, state: dict) -> None:
+        if "scramble" in state:  # checkpoints from before scramble= are moves
+            self.scramble_mode = _check_scramble(str(state["scramble"]))
         self.fixed_depth = int(state["fixed_depth"])
         if state["curriculum"] is not None:
             if self.curriculum is None:
@@ -403,6 +471,7 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
 
     ``terminated`` when solved; ``truncated`` after ``max_steps`` steps unless that step solved.
     ``reset`` options: ``state`` (uint8[24], start there; reported depth -1) or ``scramble_depth`` (this reset only).
+    ``scramble``: moves | uniform | distance, the start states (module docstring).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -414,8 +483,9 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         solve_bonus: float = 10.0,
         curriculum: dict | None = None,
         render_mode: str | None = None,
+        scramble: str = "moves",
     ):
-        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode)
+        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble)
         self.observation_space = spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
         self.action_space = spaces.Discrete(N_MOVES)
         self.state = SOLVED.copy()
@@ -435,8 +505,9 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
             self.state, self._depth = state.copy(), -1
             self._obs[:] = encode_obs(state[None], np.full((1, HISTORY), -1))[0]
         elif "scramble_depth" in options:
-            self._depth = _check_int("scramble_depth", options["scramble_depth"], 0, "an int >= 0")
-            self.state = scramble(self.np_random, [self._depth])[0]
+            d = self._check_level("scramble_depth", options["scramble_depth"])
+            depths, states = self._draw_states(np.array([d], dtype=np.int64))
+            self._depth, self.state = int(depths[0]), states[0]
             self._obs[:] = encode_obs(self.state[None], np.full((1, HISTORY), -1))[0]
         else:
             i = self._next_scrambles(1).start
@@ -524,6 +595,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
     ``copy=False`` returns the obs in an internal buffer, valid until the next ``step``/``reset``, instead of a new
     array (``final_obs`` is always a new array).
     ``reset`` options: ``states`` (uint8[N,24]; reported depth -1) or ``scramble_depth`` (this reset only).
+    ``scramble``: moves | uniform | distance, the start states (module docstring).
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -537,10 +609,11 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         curriculum: dict | None = None,
         render_mode: str | None = None,
         copy: bool = True,
+        scramble: str = "moves",
     ):
-        self.num_envs = n = _check_int("num_envs", num_envs, 1, "an int >= 1")
+        self.num_envs = n = _check_int("num_envs", num_envs, 1)
         self._pool_size = max(4096, 2 * n)
-        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode)
+        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble)
         self.copy = bool(copy)
         self.single_observation_space = spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
         self.single_action_space = spaces.Discrete(N_MOVES)
@@ -607,8 +680,9 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
                 raise ValueError("options['states'] has colours outside 0..5")
             rows[:, :24], self._depths[:] = states, -1
         elif "scramble_depth" in options:
-            d = _check_int("scramble_depth", options["scramble_depth"], 0, "an int >= 0")
-            rows[:, :24], self._depths[:] = scramble(self.np_random, np.full(n, d)), d
+            d = self._check_level("scramble_depth", options["scramble_depth"])
+            depths, rows[:, :24] = self._draw_states(np.full(n, d, dtype=np.int64))
+            self._depths[:] = depths
         else:
             sl = self._next_scrambles(n)
             rows[:, :24], self._depths[:] = self._pool_s[sl], self._pool_d[sl]
@@ -700,3 +774,29 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         if self.render_mode == "ansi":
             return tuple(render_net(s) for s in self.states)
         return None
+
+
+# ------------------------------------------------------------------------------------------- factory
+
+
+def make_vector_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
+                    curriculum: dict | None = None, scramble: str = "moves", name: str = "cube2x2") -> Cube2x2VectorEnv:
+    """``conf/env/cube2x2.yaml``'s target: the config's keys -> a vector env (a curriculum that is not enabled
+    is dropped, as in ``cpcrl.envs.factory.make_cube_env``, which has no ``scramble``)."""
+    curriculum = dict(curriculum) if curriculum else None
+    if curriculum is not None and not curriculum.get("enabled", False):
+        curriculum = None
+    return Cube2x2VectorEnv(num_envs=num_envs, scramble_depth=scramble_depth, max_steps=max_steps,
+                            solve_bonus=solve_bonus, curriculum=curriculum, scramble=scramble)
+
+
+def check_config(**env_kwargs) -> None:
+    """Raise ``ConfigError`` (one line: what is wrong, what is valid) if ``make_vector_env(**env_kwargs)`` would
+    fail on a value, without drawing any state: for ``config.validate`` before a run dir exists."""
+    from cpcrl.errors import ConfigError
+
+    kwargs = {k: v for k, v in env_kwargs.items() if k != "_target_"}
+    try:
+        make_vector_env(**{**kwargs, "num_envs": 1})
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"env={kwargs.get('name', 'cube2x2')}: {e}") from None

@@ -12,26 +12,16 @@ from __future__ import annotations
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
-from cpcrl.envs.cube2x2 import Cube2x2VectorEnv
+from cpcrl.checks import choice, positive_int
+from cpcrl.envs.cube2x2 import make_vector_env as make_cube_env  # noqa: F401  (the cube's own factory)
 from cpcrl.envs.wrappers import ActionRepeat, DenseFinalObs, ObserveIndices, PrevActionObs, UnitActions
-
-
-def make_cube_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
-                  curriculum: dict | None = None, name: str = "cube2x2") -> Cube2x2VectorEnv:
-    curriculum = dict(curriculum) if curriculum else None
-    if curriculum is not None and not curriculum.get("enabled", False):
-        curriculum = None
-    return Cube2x2VectorEnv(num_envs=num_envs, scramble_depth=scramble_depth, max_steps=max_steps,
-                            solve_bonus=solve_bonus, curriculum=curriculum)
 
 
 def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=None,
                  max_episode_steps: int | None = None, kwargs: dict | None = None, pixels: bool = False,
                  prev_action: bool = False, action_repeat: int = 1, name: str | None = None) -> gym.vector.VectorEnv:
-    if num_envs <= 0:
-        raise ValueError(f"env.num_envs must be a positive integer, got {num_envs}")
-    if vectorization not in ("sync", "async"):
-        raise ValueError(f"env.vectorization must be sync or async, got {vectorization!r}")
+    positive_int("env.num_envs", num_envs)
+    choice("env.vectorization", vectorization, ("sync", "async"))
     if id not in gym.registry:
         raise ValueError(f"unknown gymnasium id {id!r}; "
                          "see `python -c 'import gymnasium; gymnasium.pprint_registry()'`")

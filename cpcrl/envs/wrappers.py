@@ -6,6 +6,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import VectorWrapper
 
+from cpcrl.checks import positive_int
+
 
 class ObserveIndices(gym.ObservationWrapper):
     """Keep only some entries of a vector observation: the POMDP versions (e.g. CartPole without velocities)."""
@@ -112,9 +114,7 @@ class ActionRepeat(gym.Wrapper):
 
     def __init__(self, env: gym.Env, repeat: int):
         super().__init__(env)
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-            raise ValueError(f"env.action_repeat={repeat!r} is invalid: expected an int >= 1")
-        self.repeat = repeat
+        self.repeat = positive_int("env.action_repeat", repeat)
 
     def step(self, action):
         total = 0.0

@@ -9,13 +9,49 @@ All modules take any number of leading dims.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import gymnasium as gym
 from torch import Tensor, nn
 
+from cpcrl.checks import Params, non_negative_int, one_of, param, positive_int
 from cpcrl.errors import ConfigError
 from cpcrl.nets.mlp import ACTIVATIONS, mlp
 
 DECODERS = ("auto", "gaussian", "onehot")
+optional_activation = one_of(None, *ACTIVATIONS)
+
+
+@dataclass
+class EncoderConfig(Params):
+    key = "world_model.encoder"
+    hidden: int = param(200, positive_int)    # MLP width (vector observations)
+    layers: int = param(2, non_negative_int)  # MLP depth; 0 = the observation itself
+    depth: int = param(32, positive_int)      # conv channels of the first layer (images), doubled per layer
+    activation: str | None = param(None, optional_activation)  # null: relu for images (PlaNet), elu for vectors
+
+
+@dataclass
+class DecoderConfig(Params):
+    key = "world_model.decoder"
+    kind: str = param("auto", one_of(*DECODERS))  # auto (conv for images, else gaussian) | gaussian | onehot
+    hidden: int = param(200, positive_int)
+    layers: int = param(2, non_negative_int)
+    depth: int = param(32, positive_int)
+    activation: str | None = param(None, optional_activation)  # null: relu for images (PlaNet), elu for vectors
+    onehot_groups: list[Any] | None = None  # onehot: [[count, classes], ...], e.g. [[24, 6], [4, 12]] (cube)
+
+
+@dataclass
+class HeadConfig(Params):
+    key = "world_model.heads"
+    hidden: int = param(200, positive_int)  # width of the reward and continue heads (Dreamer: actor and critic too)
+    layers: int = param(2, non_negative_int)
+
+
+def _activation(cfg, image: bool) -> str:
+    return cfg.activation or ("relu" if image else "elu")
 
 
 def _leading(fn, x: Tensor, event_dims: int) -> Tensor:
@@ -103,29 +139,22 @@ def check_onehot_groups(obs_space: gym.Space, groups) -> list[tuple[int, int]]:
     return groups
 
 
-def make_encoder(obs_space: gym.Space, cfg) -> nn.Module:
-    enc = dict(cfg.get("encoder", {}) or {})
+def make_encoder(obs_space: gym.Space, enc: EncoderConfig) -> nn.Module:
     if is_image(obs_space):
         if tuple(obs_space.shape) != (3, 64, 64):
             raise ConfigError(f"image observations must be 3x64x64 (channels first), got {obs_space.shape}")
-        return ConvEncoder(int(enc.get("depth", 32)), enc.get("activation", "relu"))
-    return MLPEncoder(obs_space.shape[0], int(enc.get("hidden", 200)), int(enc.get("layers", 2)),
-                      enc.get("activation", "elu"))
+        return ConvEncoder(enc.depth, _activation(enc, True))
+    return MLPEncoder(obs_space.shape[0], enc.hidden, enc.layers, _activation(enc, False))
 
 
-def make_decoder(obs_space: gym.Space, feature_dim: int, cfg) -> tuple[nn.Module, list | None]:
+def make_decoder(obs_space: gym.Space, feature_dim: int, dec: DecoderConfig) -> tuple[nn.Module, list | None]:
     """-> (decoder, one-hot groups or None). decoder: auto (conv for images, else gaussian) | gaussian | onehot."""
-    dec = dict(cfg.get("decoder", {}) or {})
-    kind = dec.get("kind", "auto")
-    if kind not in DECODERS:
-        raise ConfigError(f"world_model.decoder.kind={kind!r}: valid are {', '.join(DECODERS)}")
     if is_image(obs_space):
-        if kind == "onehot":
+        if dec.kind == "onehot":
             raise ConfigError("world_model.decoder.kind=onehot needs a flat one-hot observation, the env gives images")
-        return ConvDecoder(feature_dim, int(dec.get("depth", 32)), dec.get("activation", "relu")), None
-    groups = check_onehot_groups(obs_space, dec.get("onehot_groups")) if kind == "onehot" else None
-    return MLPDecoder(feature_dim, obs_space.shape[0], int(dec.get("hidden", 200)), int(dec.get("layers", 2)),
-                      dec.get("activation", "elu")), groups
+        return ConvDecoder(feature_dim, dec.depth, _activation(dec, True)), None
+    groups = check_onehot_groups(obs_space, dec.onehot_groups) if dec.kind == "onehot" else None
+    return MLPDecoder(feature_dim, obs_space.shape[0], dec.hidden, dec.layers, _activation(dec, False)), groups
 
 
 def make_head(feature_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu") -> nn.Module:

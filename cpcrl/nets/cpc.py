@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpcrl.checks import choice, positive_int
+
 PROJECTIONS = ("per_horizon", "shared")
 
 
@@ -19,10 +21,8 @@ class CPCHead(nn.Module):
     def __init__(self, belief_dim: int, latent_dim: int, horizon: int, projection: str = "per_horizon",
                  action_dim: int | None = None, action_hidden: int = 64):
         super().__init__()
-        if projection not in PROJECTIONS:
-            raise ValueError(f"cpc.projection={projection!r}: valid are {', '.join(PROJECTIONS)}")
-        if horizon < 1:
-            raise ValueError(f"cpc.horizon={horizon}: must be >= 1")
+        choice("cpc.projection", projection, PROJECTIONS)
+        positive_int("cpc.horizon", horizon)
         self.horizon, self.projection, self.action_dim = horizon, projection, action_dim
         in_dim = belief_dim
         if action_dim is not None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from cpcrl.checks import choice
+
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int | None, activation: str = "relu",
         layer_norm: bool = False) -> nn.Sequential:
     """Linear(+LayerNorm)+activation per hidden width, then a linear output (none when out_dim is None)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r}: valid are {', '.join(ACTIVATIONS)}")
+    choice("activation", activation, tuple(ACTIVATIONS))
     layers, dim = [], in_dim
     for width in hidden:
         layers += [nn.Linear(dim, width)]

@@ -18,10 +18,25 @@ TorchScript version of the masked loop. `method="loop"` keeps the per-step refer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from cpcrl.checks import Params, param, positive_int
+
 State = tuple[Tensor, Tensor]
+
+
+@dataclass
+class LSTMConfig(Params):
+    """world_model=lstm: the belief of ppo_lstm and cpc_rl (seed 004's sizes)."""
+
+    key = "world_model"
+    name: str = "lstm"
+    hidden: int = param(256, positive_int)      # encoder width: Linear(obs, hidden) + ReLU
+    lstm_hidden: int = param(128, positive_int)  # LSTM state size = the belief's feature size
+    num_layers: int = param(1, positive_int)     # stacked LSTM layers
 
 
 def _masked_lstm_layer(xw: Tensor, keep: Tensor, h: Tensor, c: Tensor, w_hh: Tensor):
@@ -48,9 +63,6 @@ class LSTMBelief(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: int = 256, lstm_hidden: int = 128, num_layers: int = 1):
         super().__init__()
-        for key, v in (("hidden", hidden), ("lstm_hidden", lstm_hidden), ("num_layers", num_layers)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"world_model.{key}={v!r}: must be a positive integer")
         self.obs_dim, self.hidden, self.lstm_hidden, self.num_layers = obs_dim, hidden, lstm_hidden, num_layers
         self.feature_dim = lstm_hidden
         self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU())

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, OneHotCategoricalStraightThrough, kl_divergence
 
-from cpcrl.errors import ConfigError
 from cpcrl.nets.distributions import straight_through_onehot, unimix_logits
 from cpcrl.nets.mlp import ACTIVATIONS
 
@@ -52,10 +51,6 @@ class RSSM(nn.Module):
                  hidden: int = 200, min_std: float = 0.1, latents: int = 32, classes: int = 32,
                  unimix: float = 0.01, activation: str = "elu"):
         super().__init__()
-        if kind not in KINDS:
-            raise ConfigError(f"world_model.kind={kind!r}: valid are {', '.join(KINDS)}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"world_model.activation={activation!r}: valid are {', '.join(ACTIVATIONS)}")
         self.kind, self.min_std, self.unimix = kind, min_std, unimix
         self.latents, self.classes = latents, classes
         self.deter_dim = deter
@@ -171,8 +166,7 @@ class RSSM(nn.Module):
 
 
 def make_rssm(cfg, embed_dim: int, action_dim: int) -> RSSM:
-    """RSSM from a `world_model` config (conf/world_model/rssm_*.yaml)."""
-    return RSSM(embed_dim, action_dim, kind=cfg.kind, deter=int(cfg.deter), stoch=int(cfg.get("stoch", 30)),
-                hidden=int(cfg.hidden), min_std=float(cfg.get("min_std", 0.1)), latents=int(cfg.get("latents", 32)),
-                classes=int(cfg.get("classes", 32)), unimix=float(cfg.get("unimix", 0.01)),
-                activation=cfg.get("activation", "elu"))
+    """RSSM from a `world_model` config (`cpcrl.objectives.world_model.WorldModelConfig`)."""
+    return RSSM(embed_dim, action_dim, kind=cfg.kind, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
+                min_std=cfg.min_std, latents=cfg.latents, classes=cfg.classes, unimix=cfg.unimix,
+                activation=cfg.activation)

@@ -1,5 +1,11 @@
-"""Actor-critic helpers for learning in imagination (Dreamer): pure tensor functions plus two tiny stateful
-pieces (the return normaliser's EMA buffers, the slow critic's EMA weights). Time-major `[H, N]`.
+"""Actor-critic losses and helpers: the policy-gradient and value losses of PPO / A2C (`policy_loss`,
+`value_loss`), and for learning in imagination (Dreamer) pure tensor functions plus two tiny stateful pieces
+(the return normaliser's EMA buffers, the slow critic's EMA weights). Time-major `[H, N]`.
+
+    ratio_t      = exp(log pi(a_t | s_t) - log pi_old(a_t | s_t))
+    ppo          = mean max(-A_t ratio_t, -A_t clip(ratio_t, 1 - eps, 1 + eps))       (Schulman et al. 2017)
+    a2c          = -mean A_t log pi(a_t | s_t)                                          (no ratio, one pass)
+    value        = 0.5 mean (V - R)^2, or with clipping 0.5 mean max((V - R)^2, (V_old + clip(V - V_old) - R)^2)
 
     weights_t    = prod_{k=1..t} gamma * c_k   (w_0 = 1)    how much of imagined state t is still "alive"
     low, high   <- decay * (low, high) + (1 - decay) * (q_5%(R), q_95%(R))      (DreamerV3, decay 0.99)
@@ -11,6 +17,31 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor,
+                clip_coef: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO's clipped surrogate (`clip_coef`) or, with None, the plain advantage policy gradient (A2C).
+    -> (loss, approx KL mean((ratio - 1) - log ratio), fraction of ratios outside the clip range; 0 for A2C)."""
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    if clip_coef is None:
+        loss = -(advantages * logp).mean()
+    else:
+        loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clipfrac = (((ratio - 1).abs() > clip_coef).float().mean() if clip_coef is not None
+                    else torch.zeros((), device=logp.device))
+    return loss, approx_kl, clipfrac
+
+
+def value_loss(value: Tensor, returns: Tensor, old_value: Tensor, clip: float | None) -> Tensor:
+    """0.5 * squared error to the returns; with `clip`, the larger of it and that of V clipped around `old_value`."""
+    if clip is None:
+        return 0.5 * ((value - returns) ** 2).mean()
+    clipped = old_value + (value - old_value).clamp(-clip, clip)
+    return 0.5 * torch.max((value - returns) ** 2, (clipped - returns) ** 2).mean()
 
 
 def imagination_weights(continues: Tensor, gamma: float) -> Tensor:

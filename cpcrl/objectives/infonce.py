@@ -18,21 +18,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cpcrl.checks import choice
+
 NEGATIVES = ("batch", "batch_time")
 ANCHORS = ("all", "common")
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    """One line naming the bad `cpc.<key>` and its valid values (the agent checks its config the same way)."""
-    if value not in choices:
-        raise ValueError(f"cpc.{key}={value!r}: valid are {', '.join(choices)}")
 
 
 def valid_pairs(is_first: torch.Tensor, horizon: int, valid: torch.Tensor | None = None,
                 anchors: str = "all") -> torch.Tensor:
     """bool [K, T, B]: t is an anchor of `anchors` and (t, t+k) stays inside one episode (and inside the
     valid steps, when given)."""
-    check_choice("anchors", anchors, ANCHORS)
+    choice("cpc.anchors", anchors, ANCHORS)
     T, B = is_first.shape
     starts = torch.cumsum(is_first.to(torch.int32), 0)  # episode index along time
     ok = is_first.new_zeros((horizon, T, B), dtype=torch.bool)
@@ -52,7 +48,7 @@ def infonce_loss(preds: torch.Tensor, z: torch.Tensor, is_first: torch.Tensor, n
     Returns (loss, accuracy per horizon [K], number of valid pairs). With no valid pair the loss is 0
     (and still part of the graph), so a batch of short episodes adds nothing instead of NaN.
     """
-    check_choice("negatives", negatives, NEGATIVES)
+    choice("cpc.negatives", negatives, NEGATIVES)
     K, T, B, D = preds.shape
     mask = valid_pairs(is_first, K, valid, anchors)
     if negatives == "batch":

@@ -14,42 +14,53 @@ KL strategies (`post` = q(s_t | h_t, e_t), `prior` = p(s_t | h_t); sg = stop-gra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from omegaconf import MISSING
+from torch import Tensor, nn
 
+from cpcrl.checks import Params, non_negative, one_of, param, positive, positive_int, unit_interval
 from cpcrl.errors import ConfigError
-from cpcrl.nets.rssm import RSSM, State, detach_state
+from cpcrl.nets.codecs import DecoderConfig, EncoderConfig, HeadConfig
+from cpcrl.nets.mlp import ACTIVATIONS
+from cpcrl.nets.rssm import KINDS, RSSM, State, detach_state, map_state
 
 KL_STRATEGIES = ("regular", "free_bits", "balanced", "dreamerv3")
 
 
 @dataclass
-class KLConfig:
-    strategy: str = "free_bits"
-    free_nats: float = 3.0        # free_bits, dreamerv3 (and balanced, per term, when > 0)
-    balance_alpha: float = 0.8    # balanced: weight of the prior-side term
-    dyn_scale: float = 0.5        # dreamerv3
-    rep_scale: float = 0.1        # dreamerv3
+class KLConfig(Params):
+    key = "world_model.kl"
+    strategy: str = param("free_bits", one_of(*KL_STRATEGIES))  # see the module docstring
+    free_nats: float = param(3.0, non_negative)       # free_bits, dreamerv3 (and balanced, per term, when > 0)
+    balance_alpha: float = param(0.8, unit_interval)  # balanced: weight of the prior-side term
+    dyn_scale: float = param(0.5, non_negative)       # dreamerv3: weight of KL(sg(post) || prior)
+    rep_scale: float = param(0.1, non_negative)       # dreamerv3: weight of KL(post || sg(prior))
 
-    def __post_init__(self):
-        if self.strategy not in KL_STRATEGIES:
-            raise ConfigError(f"world_model.kl.strategy={self.strategy!r}: valid are {', '.join(KL_STRATEGIES)}")
-        if self.free_nats < 0:
-            raise ConfigError(f"world_model.kl.free_nats={self.free_nats}: must be >= 0")
-        if not 0.0 <= self.balance_alpha <= 1.0:
-            raise ConfigError(f"world_model.kl.balance_alpha={self.balance_alpha}: must be in [0, 1]")
 
-    @classmethod
-    def from_config(cls, cfg) -> KLConfig:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"world_model.kl: unknown keys {sorted(unknown)}; valid are "
-                              f"{', '.join(cls.__dataclass_fields__)}")
-        return cls(**cfg)
+@dataclass
+class WorldModelConfig(Params):
+    """world_model=rssm_gaussian | rssm_discrete: the RSSM (cpcrl.nets.rssm), its encoder, decoder and heads,
+    and its KL. Defaults are PlaNet's (Gaussian, 200 units, free nats 3); rssm_discrete.yaml changes the rest."""
+
+    key = "world_model"
+    name: str = MISSING
+    kind: str = param("gaussian", one_of(*KINDS))  # gaussian (PlaNet, Dreamer v1) | categorical (Dreamer v2/v3)
+    deter: int = param(200, positive_int)     # GRU state h
+    stoch: int = param(30, positive_int)      # gaussian: latent s size
+    latents: int = param(32, positive_int)    # categorical: one-hots per state
+    classes: int = param(32, positive_int)    # categorical: classes per one-hot
+    unimix: float = param(0.01, unit_interval)  # categorical: uniform mixture in prior and posterior
+    min_std: float = param(0.1, positive)     # gaussian: std = softplus(raw) + min_std
+    hidden: int = param(200, positive_int)    # width of the RSSM's input, prior and posterior layers
+    activation: str = param("elu", one_of(*ACTIVATIONS))  # RSSM and heads
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # MLP for vectors; conv for 3x64x64 images
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    heads: HeadConfig = field(default_factory=HeadConfig)          # reward and continue heads
+    kl: KLConfig = field(default_factory=KLConfig)
 
 
 def kl_per_step(rssm: RSSM, post: State, prior: State, cfg: KLConfig) -> Tensor:
@@ -119,11 +130,53 @@ def onehot_nll(logits: Tensor, target: Tensor, groups: list[tuple[int, int]]) ->
     return total
 
 
-def reward_loss(pred: Tensor, reward: Tensor) -> Tensor:
-    """MSE of the reward head: scalar."""
-    return (pred - reward).pow(2).mean()
-
-
 def continue_loss(logits: Tensor, is_terminal: Tensor) -> Tensor:
     """Bernoulli NLL of 'the episode goes on' (discount head): scalar."""
     return F.binary_cross_entropy_with_logits(logits, 1.0 - is_terminal.to(logits.dtype))
+
+
+# --- the model loss of PlaNet and Dreamer ---------------------------------------------------------------------
+
+def world_model_loss(batch: dict[str, Tensor], encoder: nn.Module, rssm: RSSM, decoder: nn.Module,
+                     reward_nll: Callable[[Tensor, Tensor], Tensor], continue_head: nn.Module | None,
+                     kl_cfg: KLConfig, onehot_groups: list | None = None,
+                     transform: Callable[[Tensor], Tensor] = lambda x: x, overshooting_distance: int = 1,
+                     overshooting_beta: float = 1.0) -> tuple[Tensor, State, State, dict[str, Tensor]]:
+    """Filter a replayed batch `[L, B]` through the RSSM and score it (module docstrings of PlaNet and Dreamer):
+
+        post, prior    = rssm.observe(encoder(x_t), a_{t-1}, is_first)          x_t = transform(o_t)
+        reconstruction = -log N(x_t; decoder(f_t), 1)  or the one-hot cross-entropy per group
+        reward         = reward_nll(f_t, r_t), mean over steps that are not an episode start
+        continue       = BCE(continue_head(f_t), not terminal_t)                  (0 without a head)
+        kl             = the KL strategy, with latent overshooting when overshooting_distance > 1
+        model          = reconstruction + reward + continue + kl
+
+    `reward_nll(features, rewards)` is per step (MSE for PlaNet, the reward head's NLL for Dreamer).
+    -> (model loss, posterior states, prior states, metrics as tensors)."""
+    obs, actions, rewards = batch["obs"], batch["action"], batch["reward"]
+    is_first, is_terminal = batch["is_first"], batch["is_terminal"]
+
+    post, prior = rssm.observe(encoder(transform(obs.float())), actions, is_first)
+    features = rssm.features(post)
+
+    prediction = decoder(features)
+    if onehot_groups:
+        reconstruction = onehot_nll(prediction, obs, onehot_groups).mean()
+    else:
+        reconstruction = gaussian_nll(prediction.float(), transform(decoder.target(obs)),
+                                      event_dims=obs.dim() - 2).mean()
+    # r_t arrives with o_t; an episode start has none (stored as 0). A masked mean, not a boolean index,
+    # so the shape is static (no device->host sync).
+    has_reward = (~is_first).float()
+    reward = (reward_nll(features, rewards) * has_reward).sum() / has_reward.sum().clamp(min=1)
+    cont = (continue_loss(continue_head(features).float(), is_terminal) if continue_head is not None
+            else torch.zeros((), device=features.device))
+    # KL in fp32 even under bf16 autocast: bf16 softmaxes miss the simplex check of torch.distributions
+    post32, prior32 = map_state(lambda x: x.float(), post), map_state(lambda x: x.float(), prior)
+    kl, kl_raw = kl_loss(rssm, post32, prior32, kl_cfg)
+    if overshooting_distance > 1:
+        kl = overshooting_kl(rssm, post32, prior32, actions, is_first, overshooting_distance, overshooting_beta,
+                             kl_cfg)
+    model = reconstruction + reward + cont + kl
+    return model, post, prior, {"loss/model": model, "loss/reconstruction": reconstruction, "loss/reward": reward,
+                         "loss/continue": cont, "loss/kl": kl, "wm/kl_raw": kl_raw}

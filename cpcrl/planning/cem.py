@@ -15,26 +15,28 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import Tensor
 
+from cpcrl.checks import Params, param, positive_int
 from cpcrl.errors import ConfigError
 
 Score = Callable[[Tensor], Tensor]
 
 
-@dataclass(frozen=True)
-class CEMConfig:
-    horizon: int = 12
-    candidates: int = 1000
-    top_k: int = 100
-    iterations: int = 10
+@dataclass
+class CEMConfig(Params):
+    """A planner budget; the presets are conf/agent/planner/*.yaml (`agent/planner=cem_fast`)."""
 
-    def __post_init__(self):
-        for key in ("horizon", "candidates", "top_k", "iterations"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"planner {key}={getattr(self, key)}: must be a positive integer")
+    key = "agent.planner"
+    horizon: int = param(MISSING, positive_int)     # planned steps
+    candidates: int = param(MISSING, positive_int)  # action sequences scored per iteration
+    top_k: int = param(MISSING, positive_int)       # elites the belief is refit to
+    iterations: int = param(MISSING, positive_int)
+
+    def check(self):
         if self.top_k > self.candidates:
-            raise ConfigError(f"planner top_k={self.top_k} > candidates={self.candidates}: "
+            raise ConfigError(f"{self.key}: top_k={self.top_k} > candidates={self.candidates}: "
                               "the elites are a subset of the candidates, so top_k <= candidates")
 
     def as_dict(self) -> dict:
