@@ -11,18 +11,31 @@ import torch
 from cpcrl.errors import ConfigError
 
 FORMAT = "cpcrl-checkpoint-1"
+REQUIRED = ("agent_name", "agent", "counters", "rng", "config")  # what resume and mode=eval read
+COUNTERS = ("env_step", "episodes", "iteration")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions): the previous file is kept, the partial one gone."""
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write to a temp file in the same dir, fsync, then rename: a kill mid-write never leaves a torn file."""
+    """Write to a temp file in the same dir, fsync, then rename: a kill mid-write never leaves a torn file, and a
+    failed write (a full disk) removes its partial temp file and keeps the previous `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch wraps a failed write in RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1]
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no earlier {path.name} exists"
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; {kept}") from None
 
 
 def find_checkpoint(path) -> Path:
@@ -44,9 +57,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for torn or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot read checkpoint {path}: {first}") from None
+        raise ConfigError(f"cannot read checkpoint {path}: not a cpcrl checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a cpcrl checkpoint (expected format {FORMAT})")
+    missing = [k for k in REQUIRED if k not in payload]
+    if not missing:
+        counters = payload["counters"] if isinstance(payload["counters"], dict) else {}
+        missing = [f"counters.{k}" for k in COUNTERS if k not in counters]
+    if missing:
+        raise ConfigError(f"{path} is not a cpcrl checkpoint (missing '{missing[0]}')")
     return payload
 
 

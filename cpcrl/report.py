@@ -259,6 +259,25 @@ def _curve(run: dict, metric: str, transform=None) -> np.ndarray:
     return np.asarray(points, dtype=float).reshape(-1, 2)
 
 
+def _band(ax, x, point, low, high, label: str) -> None:
+    ax.plot(x, point, label=label)
+    ax.fill_between(x, low, high, alpha=0.2)
+
+
+def _finish_axes(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def plot_curves(cells, metric: str, path: Path, tasks: list[str]) -> None:
     """The raw metric against env steps, one panel per task, mean and CI band over seeds per config."""
     plt = _plt()
@@ -271,17 +290,10 @@ def plot_curves(cells, metric: str, path: Path, tasks: list[str]) -> None:
             grid = np.unique(np.concatenate([c[:, 0] for c in curves]))
             ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
             bands = np.array([bootstrap_ci(col, reps=1000) for col in ys.T])
-            ax.plot(grid, bands[:, 0], label=f"{label} (n={len(curves)})")
-            ax.fill_between(grid, bands[:, 1], bands[:, 2], alpha=0.2)
+            _band(ax, grid, bands[:, 0], bands[:, 1], bands[:, 2], f"{label} (n={len(curves)})")
         ax.set_title(task if task != "-" else "", fontsize=10)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _finish_axes(ax, "env steps", metric)
+    _save(fig, path)
 
 
 def profile_taus(scores: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
@@ -299,16 +311,9 @@ def plot_profiles(scores, path: Path, reps: int) -> dict[str, dict]:
         point, low, high = stats.bootstrap_interval(lambda t: stats.performance_profile(t, taus),
                                                     [list(per_task.values())], reps)
         out[label] = {"tau": taus.tolist(), "fraction": point.tolist(), "low": low.tolist(), "high": high.tolist()}
-        ax.plot(taus, point, label=label)
-        ax.fill_between(taus, low, high, alpha=0.2)
-    ax.set_xlabel("normalised score tau")
-    ax.set_ylabel("fraction of runs with score > tau")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _band(ax, taus, point, low, high, label)
+    _finish_axes(ax, "normalised score tau", "fraction of runs with score > tau")
+    _save(fig, path)
     return out
 
 
@@ -331,16 +336,9 @@ def plot_sample_efficiency(cells, metric: str, suite: dict, path: Path, reps: in
                           for g in range(len(grid))], dtype=float)
         out[label] = {"env_step": grid.tolist(), "iqm": bands[:, 0].tolist(), "low": bands[:, 1].tolist(),
                       "high": bands[:, 2].tolist()}
-        ax.plot(grid, bands[:, 0], label=label)
-        ax.fill_between(grid, bands[:, 1], bands[:, 2], alpha=0.2)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("IQM normalised score")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _band(ax, grid, bands[:, 0], bands[:, 1], bands[:, 2], label)
+    _finish_axes(ax, "env steps", "IQM normalised score")
+    _save(fig, path)
     return out
 
 

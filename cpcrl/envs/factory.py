@@ -4,17 +4,41 @@
 * same-step autoreset: a finished env's returned obs already starts its next episode, and
   `info["final_obs"]` (dense, [N, ...]) holds the last obs of the finished one, for bootstrapping;
 * continuous actions live in [-1, 1] (rescaled here), so agents never see env-specific bounds;
+* observations are a Box: Discrete, MultiDiscrete, MultiBinary and Tuple/Dict ones are encoded into one flat
+  float32 vector per env (`cpcrl.envs.spaces`, its `EncodedBox.parts` the layout), so `final_obs` is dense for
+  them too; a Box env's observations are passed through untouched;
 * optional `info["action_mask"]` (bool [N, A]) and `info["solved"]` (bool [N]).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from cpcrl.checks import choice, positive_int
 from cpcrl.envs.cube2x2 import make_vector_env as make_cube_env  # noqa: F401  (the cube's own factory)
-from cpcrl.envs.wrappers import ActionRepeat, DenseFinalObs, ObserveIndices, PrevActionObs, UnitActions
+from cpcrl.envs.spaces import needs_encoding
+from cpcrl.envs.wrappers import (ActionRepeat, DenseFinalObs, EncodeObservations, ObserveIndices, PrevActionObs,
+                                 UnitActions)
+from cpcrl.errors import ConfigError
+
+POPGYM_EXTRA = "pip install 'cpcrl[popgym]'"
+
+
+def import_env_module(id: str) -> str:
+    """gymnasium's `module:EnvId` convention: import `module` (which registers its envs) -> `EnvId`."""
+    if ":" not in id:
+        return id
+    module, name = id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        missing = (e.name or module).split(".")[0]
+        install = POPGYM_EXTRA if missing == "popgym" else f"pip install {missing}"
+        raise ConfigError(f"module {missing!r} (from env.id={id}) is not installed: {install}") from None
+    return name
 
 
 def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=None,
@@ -22,6 +46,7 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
                  prev_action: bool = False, action_repeat: int = 1, name: str | None = None) -> gym.vector.VectorEnv:
     positive_int("env.num_envs", num_envs)
     choice("env.vectorization", vectorization, ("sync", "async"))
+    id = import_env_module(id)
     if id not in gym.registry:
         raise ValueError(f"unknown gymnasium id {id!r}; "
                          "see `python -c 'import gymnasium; gymnasium.pprint_registry()'`")
@@ -32,7 +57,14 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
     if isinstance(probe.action_space, gym.spaces.Box):
         wrappers.append(UnitActions)
     elif not isinstance(probe.action_space, gym.spaces.Discrete):
-        raise ValueError(f"{id} has action space {probe.action_space}: only Discrete and Box are supported")
+        raise ValueError(f"{id} has action space {probe.action_space}: agents act in Discrete and Box spaces "
+                         "(MultiDiscrete actions are not supported yet)")
+    if needs_encoding(probe.observation_space) and not pixels:  # innermost: the wrappers above see a flat Box
+        if observe is not None:
+            raise ValueError(f"env.observe picks entries of a flat Box observation, {id} has "
+                             f"{probe.observation_space}; set env.observe=null")
+        EncodeObservations(probe)  # an unsupported space fails here, once, in one line
+        wrappers.insert(0, EncodeObservations)
     probe.close()
     if pixels:
         from cpcrl.envs.pixels import PixelObs
@@ -51,3 +83,14 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
                         max_episode_steps=max_episode_steps, **(kwargs or {}))
     return DenseFinalObs(envs)
+
+
+def make_popgym_env(task: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
+    """POPGym (Morad et al., ICLR 2023): `task` is one of its env class names (RepeatPreviousEasy, ...)."""
+    try:
+        import popgym  # noqa: F401  (registers popgym-<task>-v0)
+    except ModuleNotFoundError:
+        raise ConfigError(f"env=popgym needs the popgym package, which is not installed: {POPGYM_EXTRA}") from None
+    tasks = sorted(k[len("popgym-"):-len("-v0")] for k in gym.registry if k.startswith("popgym-"))
+    choice("env.task", task, tasks)
+    return make_gym_env(f"popgym-{task}-v0", num_envs, **kwargs)

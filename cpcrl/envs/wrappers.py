@@ -7,6 +7,7 @@ import numpy as np
 from gymnasium.vector import VectorWrapper
 
 from cpcrl.checks import positive_int
+from cpcrl.envs.spaces import EncodedBox, encode, encode_space, merge_parts
 
 
 class ObserveIndices(gym.ObservationWrapper):
@@ -26,6 +27,19 @@ class ObserveIndices(gym.ObservationWrapper):
 
     def observation(self, obs):
         return obs[self.indices]
+
+
+class EncodeObservations(gym.ObservationWrapper):
+    """Discrete, MultiDiscrete, MultiBinary and Tuple/Dict observations as one flat float32 vector of one-hots and
+    Box values (`cpcrl.envs.spaces`); the space is an `EncodedBox` whose `parts` tell decoders the layout."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.source = env.observation_space
+        self.observation_space = encode_space(self.source)
+
+    def observation(self, obs):
+        return encode(self.source, obs)
 
 
 class DenseFinalObs(VectorWrapper):
@@ -84,9 +98,13 @@ class PrevActionObs(gym.Wrapper):
             self.width, low, high = int(act.n), np.zeros(int(act.n)), np.ones(int(act.n))
         else:
             self.width, low, high = int(np.prod(act.shape)), act.low.reshape(-1), act.high.reshape(-1)
-        self.observation_space = gym.spaces.Box(np.concatenate([space.low, low]).astype(space.dtype),
-                                                np.concatenate([space.high, high]).astype(space.dtype),
-                                                dtype=space.dtype)
+        low, high = (np.concatenate([space.low, low]).astype(space.dtype),
+                     np.concatenate([space.high, high]).astype(space.dtype))
+        if isinstance(space, EncodedBox):  # the layout grows by the action: a one-hot, or real values
+            part = (1, self.width) if isinstance(act, gym.spaces.Discrete) else (self.width, 0)
+            self.observation_space = EncodedBox(low, high, merge_parts([*space.parts, part]), space.source)
+        else:
+            self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
 
     def _with(self, obs, action):
         extra = np.zeros(self.width, dtype=self.observation_space.dtype)

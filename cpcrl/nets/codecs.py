@@ -4,6 +4,9 @@ Vector obs `[..., D]`: MLP encoder, MLP decoder (Gaussian mean) or one-hot decod
 Images `[..., 3, 64, 64]` (uint8 0..255 or float of those values): PlaNet's conv encoder
 (4 x Conv 4x4 stride 2, depth 32..256 -> 1024) and transposed-conv decoder (1024 -> 5,5,6,6 kernels).
 Image pixels are modelled in [-0.5, 0.5]; `ConvDecoder.target(obs)` maps observations into that space.
+Encoded observations (Discrete, MultiDiscrete, MultiBinary, Tuple/Dict: `cpcrl.envs.spaces.EncodedBox`) get the
+one-hot decoder with the space's own layout under `decoder.kind=auto`: cross-entropy per one-hot, a unit Gaussian
+for the Box parts.
 All modules take any number of leading dims.
 """
 
@@ -16,6 +19,7 @@ import gymnasium as gym
 from torch import Tensor, nn
 
 from cpcrl.checks import Params, non_negative_int, one_of, param, positive_int
+from cpcrl.envs.spaces import EncodedBox
 from cpcrl.errors import ConfigError
 from cpcrl.nets.mlp import ACTIVATIONS, mlp
 
@@ -35,7 +39,8 @@ class EncoderConfig(Params):
 @dataclass
 class DecoderConfig(Params):
     key = "world_model.decoder"
-    kind: str = param("auto", one_of(*DECODERS))  # auto (conv for images, else gaussian) | gaussian | onehot
+    # auto (conv for images, the space's one-hot layout for encoded Discrete/Tuple/... spaces, else gaussian)
+    kind: str = param("auto", one_of(*DECODERS))  # | gaussian | onehot
     hidden: int = param(200, positive_int)
     layers: int = param(2, non_negative_int)
     depth: int = param(32, positive_int)
@@ -148,12 +153,18 @@ def make_encoder(obs_space: gym.Space, enc: EncoderConfig) -> nn.Module:
 
 
 def make_decoder(obs_space: gym.Space, feature_dim: int, dec: DecoderConfig) -> tuple[nn.Module, list | None]:
-    """-> (decoder, one-hot groups or None). decoder: auto (conv for images, else gaussian) | gaussian | onehot."""
+    """-> (decoder, one-hot groups or None). decoder: auto (conv for images, an encoded space's own layout, else
+    gaussian) | gaussian | onehot."""
     if is_image(obs_space):
         if dec.kind == "onehot":
             raise ConfigError("world_model.decoder.kind=onehot needs a flat one-hot observation, the env gives images")
         return ConvDecoder(feature_dim, dec.depth, _activation(dec, True)), None
-    groups = check_onehot_groups(obs_space, dec.onehot_groups) if dec.kind == "onehot" else None
+    if dec.kind == "onehot":
+        groups = check_onehot_groups(obs_space, dec.onehot_groups)
+    elif dec.kind == "auto" and isinstance(obs_space, EncodedBox):
+        groups = [tuple(part) for part in obs_space.parts]
+    else:
+        groups = None
     return MLPDecoder(feature_dim, obs_space.shape[0], dec.hidden, dec.layers, _activation(dec, False)), groups
 
 

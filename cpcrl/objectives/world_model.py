@@ -119,10 +119,15 @@ def onehot_nll(logits: Tensor, target: Tensor, groups: list[tuple[int, int]]) ->
     """Cross-entropy of flat one-hot groups, e.g. the cube's 24x6 stickers then 4x12 past actions.
 
     logits, target `[..., sum(n * k)]`; each group of n one-hots of k classes is a softmax per one-hot.
-    An all-zero target row (no past action yet) contributes 0. Returns `[...]` (summed over groups).
+    An all-zero target row (no past action yet) contributes 0. A group `(d, 0)` is d real values (the Box parts
+    of an encoded Tuple/Dict observation, `cpcrl.envs.spaces`): `gaussian_nll`. Returns `[...]` (summed over groups).
     """
     total, start = 0.0, 0
     for n, k in groups:
+        if k == 0:
+            total = total + gaussian_nll(logits[..., start:start + n].float(), target[..., start:start + n])
+            start += n
+            continue
         lg = logits[..., start:start + n * k].unflatten(-1, (n, k))
         tg = target[..., start:start + n * k].unflatten(-1, (n, k))
         total = total - (tg * F.log_softmax(lg, -1)).sum((-2, -1))
