@@ -7,7 +7,7 @@ stderr, exit status 2), so a typo leaves nothing half written under outputs/.
 from __future__ import annotations
 
 import importlib.util
-import shutil
+import json
 import sys
 from pathlib import Path
 
@@ -16,10 +16,11 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
-from cpcrl.checkpoint import find_checkpoint
+from cpcrl import run_dir as run_dirs
+from cpcrl.checkpoint import CheckpointWriteError, find_checkpoint, load_checkpoint
 from cpcrl.config import validate
 from cpcrl.errors import ConfigError
 
@@ -96,8 +97,9 @@ def _check_plugins(hydra_cfg) -> None:
                                   f"pip install 'cpcrl[{extra}]'")
 
 
-def _compose_checks(args: list[str]) -> None:
-    """Compose every value of every sweep once, so a bad option or key fails before any run starts."""
+def _compose_checks(args: list[str]) -> DictConfig:
+    """Compose every value of every sweep once, so a bad option or key fails before any run starts.
+    -> the config without sweep values, with its hydra node (hydra.run.dir, hydra.mode)."""
     from hydra import compose, initialize_config_module
 
     overrides = [a for a in args if not a.startswith("-")]
@@ -112,11 +114,82 @@ def _compose_checks(args: list[str]) -> None:
                       else f"{p.get_key_element()}={next(p.sweep_string_iterator())}"
                       for p in parsed if p is not o and not p.is_hydra_override()]
             variants += [others + [f"{key}={v}"] for v in o.sweep_string_iterator()]
+    run_dir_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()
+                    and o.get_key_element().startswith("hydra.run.")]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        _check_plugins(compose(config_name="config", overrides=base + hydra_args, return_hydra_config=True).hydra)
+        composed = compose(config_name="config", overrides=base + hydra_args + run_dir_args, return_hydra_config=True)
+        _check_plugins(composed.hydra)
         for variant in variants:
             cfg = compose(config_name="config", overrides=variant)
             validate(cfg)
+    return composed
+
+
+def _typed_keys(args: list[str]) -> set[str]:
+    return {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and not a.startswith("-")}
+
+
+def _check_against_checkpoint(cfg: DictConfig, args: list[str], run_dir: Path) -> str | None:
+    """Before Hydra touches a run dir: an agent / world_model that contradicts the checkpoint is refused; a resume
+    of a complete run -> the message that says so (nothing to do)."""
+    source = cfg.resume if cfg.resume else cfg.checkpoint.path
+    payload = load_checkpoint(source)
+    saved = OmegaConf.create(payload["config"])
+    typed = _typed_keys(args)
+    for group in ("agent", "world_model"):
+        have, want = saved[group].get("name"), cfg[group].get("name")
+        if have != want and (cfg.resume or group in typed):
+            verb = "resume= continues" if cfg.resume else f"mode={cfg.mode} runs"
+            raise ConfigError(f"checkpoint {source} holds {group}={have}, not {group}={want}: {verb} with the "
+                              f"checkpoint's own {group} (drop {group}=, or give a checkpoint of {group}={want})")
+    if not cfg.resume:
+        return None
+    summary_file = run_dir / "summary.json"
+    if not summary_file.exists():
+        return None
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    counters, total = payload["counters"], int(cfg.train.total_steps)
+    if summary.get("env_step") != counters["env_step"]:
+        return None  # last.pt is not the one of the final summary
+    minutes = cfg.train.get("max_minutes")
+    if counters["env_step"] >= total:
+        why, more = f"reached train.total_steps={total:,}", "train.total_steps=<more>"
+    elif minutes is not None and float(counters.get("wall_s", 0.0)) >= 60.0 * float(minutes):
+        why, more = f"used its train.max_minutes={minutes}", "train.max_minutes=<more>"
+    else:
+        return None
+    return (f"run {run_dir} is complete: it {why} at env step {counters['env_step']:,} (summary.json); nothing "
+            f"changed. resume={run_dir} {more} extends it")
+
+
+_PREPARED: run_dirs.Prepared | None = None  # the run dir this process made ready (single runs, not multirun jobs)
+
+
+def _prepare_run_dir(args: list[str], composed: DictConfig) -> list[str] | None:
+    """A single run: fix its dir now (hydra.run.dir resolved), check it can be written, lock it against a second
+    writer and check a resume or eval against its checkpoint, all before Hydra writes .hydra/ there.
+    -> the args with that dir, or None when there is nothing to do (a complete run's resume)."""
+    global _PREPARED
+    if "-m" in args or "--multirun" in args or composed.hydra.mode == RunMode.MULTIRUN:
+        return args  # each job's dir is locked in run()
+    path = Path(str(OmegaConf.select(composed, "hydra.run.dir")))
+    state = run_dirs.prepare(path)
+    run_dirs.acquire_lock(state.path)  # refused: the holder is writing there, so nothing is undone
+    try:
+        if composed.resume or (composed.mode in ("eval", "solve") and composed.checkpoint.path):
+            done = _check_against_checkpoint(composed, args, state.path)
+            if done:
+                run_dirs.discard(state)
+                print(done)
+                return None
+    except ConfigError:
+        run_dirs.discard(state)
+        raise
+    _PREPARED = state
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={state.path}"]
 
 
 def _name_the_run(cfg: DictConfig) -> None:
@@ -132,23 +205,18 @@ def _name_the_run(cfg: DictConfig) -> None:
             cfg.logger.group = Path(hc.sweep.dir).name if sweep else cfg.experiment_name
 
 
-def _discard(run_dir: Path) -> None:
-    """A run that failed on its input leaves no dir behind (a dir with checkpoints is a real run: kept)."""
-    if run_dir.exists() and not (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        parent = run_dir.parent
-        while parent.name != "outputs" and parent != parent.parent and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-
-
 @hydra.main(config_path="pkg://" + CONFIG_MODULE, config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     from cpcrl import device as devices
     from cpcrl.train import TrainingDiverged, evaluate_checkpoint, solve_checkpoint, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+    state = _PREPARED if _PREPARED is not None and _PREPARED.path == run_dir else None
     console = Console(stderr=False)
+    try:
+        locked_here = run_dirs.acquire_lock(run_dir)  # a multirun job; a single run's lock is held since main
+    except ConfigError as e:
+        fail(str(e))
     try:
         validate(cfg)
         device = devices.make_device(cfg.device)
@@ -161,10 +229,15 @@ def run(cfg: DictConfig) -> float | None:
             _name_the_run(cfg)
             result = train(cfg, run_dir, device, console)
     except ConfigError as e:
-        _discard(run_dir)
+        run_dirs.discard(state, run_dir)
         fail(str(e))
     except TrainingDiverged as e:
         fail(str(e), code=3)
+    except CheckpointWriteError as e:
+        fail(f"{e}; once it can be written again, resume={run_dir} continues from the last checkpoint", code=1)
+    finally:
+        if locked_here:
+            run_dirs.release_lock(run_dir)
     return result.get("eval/return_mean")
 
 
@@ -173,7 +246,9 @@ def main() -> None:
     try:
         args = _rewrite_args(args)
         if not any(a.split("=", 1)[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
-            _compose_checks(args)
+            args = _prepare_run_dir(args, _compose_checks(args))
+            if args is None:
+                return
     except ConfigError as e:
         fail(str(e))
     except Exception as e:  # Hydra/OmegaConf composition and parse errors

@@ -23,10 +23,22 @@ from cpcrl.checkpoint import Checkpointer, load_checkpoint, numpy_to_torch, torc
 from cpcrl.collector import Collector, evaluate
 from cpcrl.errors import ConfigError
 from cpcrl.logging import Logger
+from cpcrl.run_dir import remove_stale_temp_files
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+    """A loss became NaN/inf; the run stops (keeping its last checkpoint, if it has written one)."""
+
+
+def _missing_dependency(exc: BaseException | None) -> str | None:
+    """gymnasium's DependencyNotInstalled (or an ImportError) somewhere in an exception's causes: its first line."""
+    from gymnasium.error import DependencyNotInstalled
+
+    while exc is not None:
+        if isinstance(exc, (DependencyNotInstalled, ImportError)):
+            return " ".join(str(exc).split()) or type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def make_env(env_cfg: DictConfig, num_envs: int | None = None):
@@ -36,6 +48,10 @@ def make_env(env_cfg: DictConfig, num_envs: int | None = None):
     except hydra.errors.InstantiationException as e:
         if isinstance(e.__cause__, (ValueError, ConfigError)):
             raise ConfigError(f"env={env_cfg.name}: {e.__cause__}") from None
+        missing = _missing_dependency(e.__cause__)
+        if missing:
+            which = f"env.id={env_cfg.id}" if env_cfg.get("id") else f"env={env_cfg.name}"
+            raise ConfigError(f"{which} needs a package that is not installed: {missing}") from None
         raise
 
 
@@ -85,11 +101,14 @@ def sync_eval_depth(train_envs, eval_envs) -> None:
         eval_envs.set_scramble_depth(int(train_envs.curriculum_depth))
 
 
-def check_finite(metrics: dict, env_step: int) -> None:
-    for k, v in metrics.items():
-        if k.startswith("loss/") and not math.isfinite(v):
-            raise TrainingDiverged(f"{k} became {v} at env step {env_step}; the run stops and keeps its last "
-                                   "good checkpoint (try a lower learning rate or grad clipping)")
+def check_finite(metrics: dict, env_step: int, kept: str) -> None:
+    """Stop on the first non-finite loss (a loss before the grad norm it causes); `kept` says what is kept."""
+    bad = [k for k, v in metrics.items() if k.startswith("loss/") and not math.isfinite(v)]
+    if bad:
+        first = next((k for k in bad if "grad_norm" not in k), bad[0])
+        also = f" (also non-finite: {', '.join(k for k in bad if k != first)})" if len(bad) > 1 else ""
+        raise TrainingDiverged(f"{first} became {metrics[first]} at env step {env_step}{also}; the run stops, {kept} "
+                               "(try a lower learning rate or grad clipping)")
 
 
 def summary_table(title: str, metrics: dict) -> Table:
@@ -144,7 +163,12 @@ class TrainingRun:
         self.eval_envs = make_env(cfg.env, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
         self.agent = build_agent(cfg, self.envs, device)
         self.ckpt = Checkpointer(run_dir, int(cfg.checkpoint.every), int(cfg.checkpoint.keep))
+        stale = remove_stale_temp_files(run_dir)  # the caller holds the run dir's lock: no writer is mid-write
+        if stale:
+            console.print(f"removed {len(stale)} stale temp file(s) of an interrupted write: "
+                          + ", ".join(str(p.relative_to(run_dir)) for p in stale))
         resume_step, wandb_id, counters = self._resume()
+        self.saved_step = resume_step  # env step of checkpoints/last.pt (None: none written yet)
         # Envs restart episodes on resume; their seed follows the step so a resumed run is repeatable.
         self.collector = Collector(self.envs, device, seed=int(cfg.seed) + (resume_step or 0))
         self.collector.env_step, self.collector.episodes = counters.get("env_step", 0), counters["episodes"]
@@ -176,6 +200,14 @@ class TrainingRun:
         self.console.print(f"resumed from env step {counters['env_step']:,} ({self.cfg.resume})")
         return counters["env_step"], payload.get("wandb_id"), counters
 
+    def kept(self) -> str:
+        """What a run stopped now leaves to resume from, said truthfully."""
+        if self.saved_step is None:
+            return (f"before its first checkpoint (due at env step {self.ckpt_at.next:,}): no checkpoint is kept, "
+                    "nothing to resume")
+        return (f"keeping {self.ckpt.dir / 'last.pt'} of env step {self.saved_step:,} "
+                f"(resume={self.ckpt.dir.parent} continues from it)")
+
     def out_of_time(self) -> bool:
         return self.budget_s is not None and time.monotonic() - self.wall0 >= self.budget_s
 
@@ -187,7 +219,7 @@ class TrainingRun:
         metrics = self.agent.train_iteration(self.collector)
         self.train_time += time.perf_counter() - t0
         self.iteration += 1
-        check_finite(metrics, self.collector.env_step)
+        check_finite(metrics, self.collector.env_step, self.kept())
         for k, v in metrics.items():
             self.pending[k].append(v)
 
@@ -223,6 +255,7 @@ class TrainingRun:
         if hasattr(self.envs, "get_state"):
             payload["env"] = numpy_to_torch(self.envs.get_state())
         self.ckpt.save(payload, step, periodic=periodic)
+        self.saved_step = step
         self.ckpt_at.advance(step)
 
     def finish(self, run_dir: Path) -> dict:

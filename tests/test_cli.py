@@ -151,7 +151,7 @@ def test_bad_checkpoints_give_one_line(trained, tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     proc = cpcrl("mode=eval", f"checkpoint={garbage}", cwd=cwd, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot read checkpoint" in proc.stderr
-    proc = cpcrl("resume=run", "agent.hidden=[7]", cwd=cwd, check=False)
+    proc = cpcrl("resume=run", "agent.hidden=[7]", "train.total_steps=8192", cwd=cwd, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "does not fit agent=reinforce as configured" in proc.stderr
     assert (run / "checkpoints" / "last.pt").exists()  # the run it failed to resume is untouched

@@ -179,7 +179,10 @@ def test_compose_build_train_and_checkpoint_round_trip(overrides, tmp_path):
     assert all(math.isfinite(v) for v in metrics.values()), metrics
 
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint(path, {"agent": agent.checkpoint_state(), "rng": devices.rng_state(), "agent_name": agent.name})
+    # the payload a run writes (cpcrl.train.TrainingRun.checkpoint): load_checkpoint refuses anything less
+    save_checkpoint(path, {"agent": agent.checkpoint_state(), "rng": devices.rng_state(), "agent_name": agent.name,
+                           "config": OmegaConf.to_yaml(cfg, resolve=True),
+                           "counters": {"env_step": 0, "episodes": 0, "iteration": 1, "wall_s": 0.0}})
     payload = load_checkpoint(path)
     devices.seed_everything(int(cfg.seed) + 1)  # other initial weights: whatever the load misses differs
     loaded = build_agent(cfg, envs, CPU)

@@ -14,6 +14,8 @@ from torch import nn
 from cpcrl.checks import Params
 from cpcrl.errors import ConfigError
 
+MULTI_DISCRETE_AGENTS = ("reinforce", "ppo_lstm", "cpc_rl")  # the agents with multi_discrete_actions = True
+
 
 @dataclass
 class AgentConfig(Params):
@@ -38,6 +40,7 @@ class NoWorldModel(Params):
 class Agent(nn.Module):
     name = "agent"
     Config: ClassVar[type]  # the hyper-parameter dataclass (`agent.*`): types, defaults, checks, one doc per field
+    multi_discrete_actions: ClassVar[bool] = False  # True: the agent also acts in MultiDiscrete spaces
     # the world_model options this agent can be composed with, and the schema of each
     world_models: ClassVar[dict[str, type]] = {"none": NoWorldModel}
 
@@ -47,7 +50,19 @@ class Agent(nn.Module):
             raise ConfigError(f"agent={self.name} needs a Box observation space, the env has {obs_space}")
         self.obs_space, self.action_space, self.device = obs_space, action_space, device
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        self.multi_discrete = isinstance(action_space, gym.spaces.MultiDiscrete)
+        if self.multi_discrete:  # actions int [F]; logits and masks are the factors' concatenated [sum(nvec)]
+            if not self.multi_discrete_actions:
+                raise ConfigError(f"agent={self.name} acts in Discrete and Box spaces, the env has {action_space}; "
+                                  f"agents for MultiDiscrete actions: {', '.join(MULTI_DISCRETE_AGENTS)}")
+            if action_space.nvec.ndim != 1 or (action_space.start != 0).any():
+                raise ConfigError(f"MultiDiscrete actions must be a flat vector starting at 0, the env has "
+                                  f"{action_space} (start {action_space.start.tolist()})")
+            self.nvec = [int(k) for k in action_space.nvec]
+            self.action_dim = sum(self.nvec)
+        else:
+            self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
         self.obs_dim = int(obs_space.shape[0])
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 

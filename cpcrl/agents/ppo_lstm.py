@@ -20,7 +20,8 @@ Observation normalisation (optional) uses running statistics frozen during a rol
 it, so every stored obs/value of a rollout saw the same statistics; reward normalisation (optional) divides
 rewards by the running std of the discounted return. Both live in buffers, so checkpoints carry them.
 
-Actions: discrete via `MaskedCategorical` (env action masks honoured); continuous via a diagonal Gaussian
+Actions: discrete via `MaskedCategorical` (env action masks honoured), MultiDiscrete via `FactorisedCategorical`
+(one per factor, masks per factor); continuous via a diagonal Gaussian
 with a state-independent log-std, the sample clipped to [-1, 1] for the env and the log-prob taken of the
 unclipped sample (the stable-baselines3 way: the PPO ratio stays exact, no tanh Jacobian).
 
@@ -53,7 +54,7 @@ from cpcrl.checks import (
     unit_interval,
 )
 from cpcrl.errors import ConfigError
-from cpcrl.nets.distributions import MaskedCategorical, diag_normal
+from cpcrl.nets.distributions import FactorisedCategorical, MaskedCategorical, diag_normal
 from cpcrl.nets.mlp import mlp
 from cpcrl.nets.recurrent import LSTMBelief, LSTMConfig, MLPBelief, TwinBelief
 from cpcrl.objectives.actor_critic import policy_loss, value_loss
@@ -144,10 +145,11 @@ class PPOLSTM(Agent):
     name = "ppo_lstm"
     Config = PPOConfig
     world_models = {"lstm": LSTMConfig, "none": NoWorldModel}
+    multi_discrete_actions = True
 
     def __init__(self, obs_space, action_space, device, cfg: PPOConfig, world_model: LSTMConfig | NoWorldModel):
         super().__init__(obs_space, action_space, device)
-        if cfg.sde_sample_freq is not None and self.discrete:
+        if cfg.sde_sample_freq is not None and not self.continuous:
             raise ConfigError("agent.sde_sample_freq (gSDE) needs a continuous (Box) action space; set it to null")
         self.cfg = cfg
         self.recurrent = cfg.recurrent and isinstance(world_model, LSTMConfig)
@@ -170,7 +172,7 @@ class PPOLSTM(Agent):
         self._sde_theta = None
         if cfg.sde_sample_freq:  # gSDE: one log-std per (actor hidden unit, action dim)
             self.log_std = nn.Parameter(torch.full((head, self.action_dim), float(cfg.init_log_std)))
-        elif not self.discrete:
+        elif self.continuous:
             self.log_std = nn.Parameter(torch.full((self.action_dim,), float(cfg.init_log_std)))
         self.obs_norm = RunningNorm(self.obs_dim) if cfg.normalize_obs else None
         # rewards divided by the running std of the discounted return (VecNormalize / gym NormalizeReward)
@@ -198,10 +200,10 @@ class PPOLSTM(Agent):
     def _check_mask(self, mask: Tensor | None) -> Tensor | None:
         if mask is None:
             return None
-        if not self.discrete or mask.shape[-1] != self.action_dim:
+        if self.continuous or mask.shape[-1] != self.action_dim:
             raise ConfigError(f"the env's action mask has width {mask.shape[-1]} but the action space "
                               f"{self.action_space} has {self.action_dim} actions" +
-                              ("" if self.discrete else " (masks need a Discrete action space)"))
+                              (" (masks need a Discrete action space)" if self.continuous else ""))
         return mask
 
     def dist(self, features: Tensor, mask: Tensor | None = None):
@@ -217,6 +219,8 @@ class PPOLSTM(Agent):
         out = self.actor(features)
         if self.discrete:
             return MaskedCategorical(logits=out, mask=mask, validate_args=False)
+        if self.multi_discrete:  # one categorical per factor, the mask per factor
+            return FactorisedCategorical(out, self.nvec, mask, validate_args=False)
         return diag_normal(out, self.log_std.exp().expand_as(out))
 
     def sample_sde_noise(self, batch_size: int) -> None:
@@ -238,7 +242,7 @@ class PPOLSTM(Agent):
         return self.critic(features[..., self._critic_features]).squeeze(-1)
 
     def env_action(self, action: Tensor) -> Tensor:
-        return action if self.discrete else action.clamp(-1.0, 1.0)
+        return action.clamp(-1.0, 1.0) if self.continuous else action
 
     @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True):
@@ -275,8 +279,9 @@ class PPOLSTM(Agent):
             self._state = self.initial_state(B)
         state = self._state
         obs_buf = torch.zeros(T, B, self.obs_dim, device=dev)
-        act_buf = torch.zeros((T, B) if self.discrete else (T, B, self.action_dim), device=dev,
-                              dtype=torch.long if self.discrete else torch.float32)
+        act_shape = (T, B) if self.discrete else (T, B, len(self.nvec) if self.multi_discrete else self.action_dim)
+        act_buf = torch.zeros(act_shape, device=dev,
+                              dtype=torch.float32 if self.continuous else torch.long)
         logp_buf, val_buf, rew_buf = (torch.zeros(T, B, device=dev) for _ in range(3))
         first_buf, term_buf, trunc_buf = (torch.zeros(T, B, dtype=torch.bool, device=dev) for _ in range(3))
         final_val = torch.zeros(T, B, device=dev)

@@ -15,7 +15,7 @@ import torch
 
 from cpcrl.agents.base import Agent, AgentConfig
 from cpcrl.checks import non_negative, one_of, optional_positive, param, positive, positive_ints, unit_interval
-from cpcrl.nets.distributions import MaskedCategorical, diag_normal
+from cpcrl.nets.distributions import FactorisedCategorical, MaskedCategorical, diag_normal
 from cpcrl.nets.mlp import ACTIVATIONS, mlp
 from cpcrl.objectives.returns import discounted_returns
 
@@ -43,13 +43,14 @@ class ReinforceConfig(AgentConfig):
 
 class Reinforce(Agent):
     name = "reinforce"
+    multi_discrete_actions = True
     Config = ReinforceConfig
 
     def __init__(self, obs_space, action_space, device, cfg: ReinforceConfig, world_model=None):
         super().__init__(obs_space, action_space, device)
         self.cfg = cfg
         self.policy = mlp(self.obs_dim, cfg.hidden, self.action_dim, cfg.activation)
-        if not self.discrete:
+        if self.continuous:
             self.log_std = torch.nn.Parameter(torch.full((self.action_dim,), float(cfg.init_log_std)))
         self.to(device)
         self.optimizers["policy"] = torch.optim.Adam(self.parameters(), lr=cfg.lr)
@@ -58,12 +59,14 @@ class Reinforce(Agent):
         out = self.policy(obs)
         if self.discrete:
             return MaskedCategorical(logits=out, mask=action_mask)
+        if self.multi_discrete:
+            return FactorisedCategorical(out, self.nvec, action_mask)
         return diag_normal(out, self.log_std.exp().expand_as(out))
 
     def act(self, obs, state, is_first, action_mask=None, explore=True):
         dist = self.dist(obs, action_mask)
         action = dist.sample() if explore else dist.mode
-        return (action if self.discrete else action.clamp(-1.0, 1.0)), state
+        return (action.clamp(-1.0, 1.0) if self.continuous else action), state
 
     def policy_scores(self, obs, state, is_first, action_mask=None):
         return self.dist(obs, action_mask).logits, None, state

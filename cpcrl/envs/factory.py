@@ -20,8 +20,14 @@ from gymnasium.vector import AutoresetMode
 from cpcrl.checks import choice, positive_int
 from cpcrl.envs.cube2x2 import make_vector_env as make_cube_env  # noqa: F401  (the cube's own factory)
 from cpcrl.envs.spaces import needs_encoding
-from cpcrl.envs.wrappers import (ActionRepeat, DenseFinalObs, EncodeObservations, ObserveIndices, PrevActionObs,
-                                 UnitActions)
+from cpcrl.envs.wrappers import (
+    ActionRepeat,
+    DenseFinalObs,
+    EncodeObservations,
+    ObserveIndices,
+    PrevActionObs,
+    UnitActions,
+)
 from cpcrl.errors import ConfigError
 
 POPGYM_EXTRA = "pip install 'cpcrl[popgym]'"
@@ -56,12 +62,12 @@ def make_gym_env(id: str, num_envs: int, vectorization: str = "sync", observe=No
     probe = gym.make(id, **(kwargs or {}))
     if isinstance(probe.action_space, gym.spaces.Box):
         wrappers.append(UnitActions)
-    elif not isinstance(probe.action_space, gym.spaces.Discrete):
-        raise ValueError(f"{id} has action space {probe.action_space}: agents act in Discrete and Box spaces "
-                         "(MultiDiscrete actions are not supported yet)")
+    elif not isinstance(probe.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        raise ConfigError(f"{id} has action space {probe.action_space}: agents act in Discrete, Box and "
+                          "MultiDiscrete spaces")
     if needs_encoding(probe.observation_space) and not pixels:  # innermost: the wrappers above see a flat Box
         if observe is not None:
-            raise ValueError(f"env.observe picks entries of a flat Box observation, {id} has "
+            raise ConfigError(f"env.observe picks entries of a flat Box observation, {id} has "
                              f"{probe.observation_space}; set env.observe=null")
         EncodeObservations(probe)  # an unsupported space fails here, once, in one line
         wrappers.insert(0, EncodeObservations)

@@ -7,7 +7,7 @@ import numpy as np
 from gymnasium.vector import VectorWrapper
 
 from cpcrl.checks import positive_int
-from cpcrl.envs.spaces import EncodedBox, encode, encode_space, merge_parts
+from cpcrl.envs.spaces import EncodedBox, encode, encode_space, merge_parts, onehots
 
 
 class ObserveIndices(gym.ObservationWrapper):
@@ -84,9 +84,9 @@ class UnitActions(gym.ActionWrapper):
 
 class PrevActionObs(gym.Wrapper):
     """Append the agent's previous action to a flat observation: the action as given (Box, in the agent's [-1, 1])
-    or one-hot (Discrete), zeros right after a reset. A common input of recurrent agents on POMDPs (e.g. Ni et
-    al. 2022, "Recurrent model-free RL can be a strong baseline for many POMDPs"): the belief then sees what
-    pushed the system, not only where it went."""
+    or one-hot (Discrete; one per factor for MultiDiscrete), zeros right after a reset. A common input of recurrent
+    agents on POMDPs (e.g. Ni et al. 2022, "Recurrent model-free RL can be a strong baseline for many POMDPs"): the
+    belief then sees what pushed the system, not only where it went."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -96,13 +96,22 @@ class PrevActionObs(gym.Wrapper):
                              f"{env.spec.id if env.spec else env} has {space}")
         if isinstance(act, gym.spaces.Discrete):
             self.width, low, high = int(act.n), np.zeros(int(act.n)), np.ones(int(act.n))
+        elif isinstance(act, gym.spaces.MultiDiscrete):  # one one-hot per factor
+            self.nvec = act.nvec.reshape(-1)
+            self.width = int(self.nvec.sum())
+            low, high = np.zeros(self.width), np.ones(self.width)
         else:
             self.width, low, high = int(np.prod(act.shape)), act.low.reshape(-1), act.high.reshape(-1)
         low, high = (np.concatenate([space.low, low]).astype(space.dtype),
                      np.concatenate([space.high, high]).astype(space.dtype))
         if isinstance(space, EncodedBox):  # the layout grows by the action: a one-hot, or real values
-            part = (1, self.width) if isinstance(act, gym.spaces.Discrete) else (self.width, 0)
-            self.observation_space = EncodedBox(low, high, merge_parts([*space.parts, part]), space.source)
+            if isinstance(act, gym.spaces.Discrete):
+                part = [(1, self.width)]
+            elif isinstance(act, gym.spaces.MultiDiscrete):
+                part = [(1, int(k)) for k in self.nvec]
+            else:
+                part = [(self.width, 0)]
+            self.observation_space = EncodedBox(low, high, merge_parts([*space.parts, *part]), space.source)
         else:
             self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
 
@@ -111,6 +120,8 @@ class PrevActionObs(gym.Wrapper):
         if action is not None:
             if isinstance(self.action_space, gym.spaces.Discrete):
                 extra[int(action)] = 1.0
+            elif isinstance(self.action_space, gym.spaces.MultiDiscrete):
+                extra[:] = onehots(np.asarray(action).reshape(-1), self.nvec)
             else:
                 extra[:] = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), self.action_space.low.reshape(-1),
                                    self.action_space.high.reshape(-1))

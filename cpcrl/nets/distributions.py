@@ -45,6 +45,30 @@ class MaskedCategorical(Categorical):
         return self.logits.argmax(-1)
 
 
+class FactorisedCategorical:
+    """MultiDiscrete actions: one independent `MaskedCategorical` per factor, its logits (and mask) the factor's
+    slice of `logits [..., sum(nvec)]`. Actions are int `[..., F]`; log_prob and entropy sum over the factors:
+    log pi(a) = sum_i log pi_i(a_i)."""
+
+    def __init__(self, logits: Tensor, nvec: list[int], mask: Tensor | None = None,
+                 validate_args: bool | None = None):
+        masks = mask.split(nvec, -1) if mask is not None else [None] * len(nvec)
+        self.factors = [MaskedCategorical(lg, m, validate_args) for lg, m in zip(logits.split(nvec, -1), masks)]
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return torch.stack([f.sample(sample_shape) for f in self.factors], -1)
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return sum(f.log_prob(actions[..., i]) for i, f in enumerate(self.factors))
+
+    def entropy(self) -> Tensor:
+        return sum(f.entropy() for f in self.factors)
+
+    @property
+    def mode(self) -> Tensor:
+        return torch.stack([f.mode for f in self.factors], -1)
+
+
 class TanhNormal:
     """`tanh(x)`, `x ~ Normal(mean, std)` per action dim: a distribution over the box (-1, 1)^A.
 
