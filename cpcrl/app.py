@@ -21,7 +21,7 @@ from rich.console import Console
 
 from cpcrl import run_dir as run_dirs
 from cpcrl.checkpoint import CheckpointWriteError, find_checkpoint, load_checkpoint
-from cpcrl.config import validate
+from cpcrl.config import CHECKPOINT_MODES, validate
 from cpcrl.errors import ConfigError
 
 CONFIG_MODULE = "cpcrl.conf"
@@ -73,11 +73,22 @@ def _rewrite_args(args: list[str]) -> list[str]:
                  if not o.startswith(("resume=", "hydra.run.dir="))]
         out = saved + [a if not a.startswith("resume=") else f"resume={ckpt}" for a in out]
         out.append(f"hydra.run.dir={run_dir}")
-    mode = next((m for m in ("eval", "solve") if f"mode={m}" in out), None)  # they write into the trained run's dir
+    mode = next((m for m in CHECKPOINT_MODES if f"mode={m}" in out), None)  # they write into the trained run's dir
     paths = [a.split("=", 1)[1] for a in out if a.startswith("checkpoint.path=")]
+    out_dir = [a.split("=", 1)[1] for a in out if a.startswith("eval.out_dir=") and a != "eval.out_dir=null"]
+    env_keys = [a for a in out if a.lstrip("+~").split("=", 1)[0].split(".")[0] == "env"]
+    if mode and paths and env_keys and not any(a.lstrip("+~").split("=", 1)[0] == "env" for a in env_keys):
+        # env.<key>=... of an eval composes on the checkpoint's env (train.checkpoint_env checks that it fits)
+        saved_file = find_checkpoint(paths[-1]).resolve().parent.parent / ".hydra" / "overrides.yaml"
+        if saved_file.exists():
+            saved = yaml.safe_load(saved_file.read_text()) or []
+            out = [o for o in saved if o.lstrip("+~").split("=", 1)[0].split(".")[0] == "env"] + out
     if mode and paths and not any(a.startswith("hydra.run.dir=") for a in out):
         run_dir = find_checkpoint(paths[-1]).resolve().parent.parent
-        out.append(f"hydra.run.dir={run_dir}/{mode}/" + "${now:%Y-%m-%d_%H-%M-%S}")
+        if mode == "eval" and out_dir:
+            out.append(f"hydra.run.dir={out_dir[-1]}")
+        else:
+            out.append(f"hydra.run.dir={run_dir}/{mode}/" + "${now:%Y-%m-%d_%H-%M-%S}")
     return out
 
 
@@ -176,10 +187,17 @@ def _prepare_run_dir(args: list[str], composed: DictConfig) -> list[str] | None:
     if "-m" in args or "--multirun" in args or composed.hydra.mode == RunMode.MULTIRUN:
         return args  # each job's dir is locked in run()
     path = Path(str(OmegaConf.select(composed, "hydra.run.dir")))
-    state = run_dirs.prepare(path)
+    evaluating = composed.mode == "eval" and composed.checkpoint.path
+    if evaluating and composed.eval.get("out_dir"):
+        state = run_dirs.prepare(path, what="eval.out_dir")
+    else:
+        try:
+            state = run_dirs.prepare(path)
+        except ConfigError as e:  # a read-only run: its eval can go elsewhere
+            raise ConfigError(f"{e} (or give eval.out_dir=<a writable dir>)" if evaluating else str(e)) from None
     run_dirs.acquire_lock(state.path)  # refused: the holder is writing there, so nothing is undone
     try:
-        if composed.resume or (composed.mode in ("eval", "solve") and composed.checkpoint.path):
+        if composed.resume or (composed.mode in CHECKPOINT_MODES and composed.checkpoint.path):
             done = _check_against_checkpoint(composed, args, state.path)
             if done:
                 run_dirs.discard(state)
@@ -225,6 +243,10 @@ def run(cfg: DictConfig) -> float | None:
             result = evaluate_checkpoint(cfg, run_dir, device, console)
         elif cfg.mode == "solve":
             result = solve_checkpoint(cfg, run_dir, device, console)
+        elif cfg.mode == "probe":
+            from cpcrl.probes import probe_checkpoint
+
+            result = probe_checkpoint(cfg, run_dir, device, console)
         else:
             _name_the_run(cfg)
             result = train(cfg, run_dir, device, console)

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, errors as oc_errors
 
-from cpcrl.checks import choice, integer, non_negative_int, number, positive_int
+from cpcrl.checks import boolean, choice, integer, non_negative_int, number, positive_int
 from cpcrl.device import check_device
 from cpcrl.errors import ConfigError
 
@@ -34,7 +34,8 @@ def register_schemas() -> None:
     for name, path in SCHEMAS.items():
         store.store(name=name, node=hydra.utils.get_class(path))
 
-MODES = ("train", "eval", "solve")
+MODES = ("train", "eval", "solve", "probe")
+CHECKPOINT_MODES = ("eval", "solve", "probe")  # modes that read a trained run (checkpoint=<run>)
 DIRNAME_LIMIT = 120
 
 
@@ -48,6 +49,14 @@ def short_dirname(name: str) -> str:
 
 # Used by hydra.sweep.subdir in conf/config.yaml; registered on import, before anything composes the config.
 OmegaConf.register_new_resolver("cpcrl.short_dirname", short_dirname, replace=True)
+
+
+def path_safe(name: str) -> str:
+    """A name that is one path component on every OS: `module:Env-v0` -> `module-Env-v0` (env.name of env=gym)."""
+    return str(name).replace(":", "-").replace("/", "-").replace("\\", "-")
+
+
+OmegaConf.register_new_resolver("cpcrl.path_safe", path_safe, replace=True)
 
 
 def _get(cfg: DictConfig, key: str):
@@ -118,7 +127,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("solve.cubes", "solve.beam_width", "solve.max_depth", "solve.max_beams"):
         positive_int(key, _get(cfg, key))
     number("solve.value_weight", cfg.solve.value_weight)
-    if cfg.mode in ("eval", "solve") and not cfg.checkpoint.path:
+    boolean("eval.probe", cfg.eval.probe)
+    for key in ("eval.probe_episodes", "probe.episodes", "probe.mlp_steps", "probe.mlp_hidden"):
+        positive_int(key, _get(cfg, key))
+    number("probe.train_fraction", cfg.probe.train_fraction, 0, 1, low_open=True)
+    number("probe.ridge", cfg.probe.ridge, 0)
+    if cfg.mode in CHECKPOINT_MODES and not cfg.checkpoint.path:
         raise ConfigError(f"mode={cfg.mode} needs a checkpoint: add checkpoint=<path to .pt or run dir>")
     if cfg.mode == "train":
         typed_agent_configs(cfg.agent, cfg.world_model)

@@ -33,10 +33,11 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def truncate_jsonl(path: Path, max_env_step: int) -> None:
-    """Drop rows logged after a checkpoint, so a resumed run repeats no step (and drop a torn last line)."""
+def truncate_jsonl(path: Path, max_env_step: int) -> list[dict]:
+    """Drop rows logged after a checkpoint, so a resumed run repeats no step (and drop a torn last line).
+    -> the rows kept."""
     if not path.exists():
-        return
+        return []
     kept = []
     for line in path.read_text().splitlines():
         try:
@@ -48,6 +49,12 @@ def truncate_jsonl(path: Path, max_env_step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+    return [json.loads(line) for line in kept]
+
+
+def wandb_row(row: dict) -> dict:
+    """A metrics.jsonl row as W&B gets it: no wall-clock `time`, no null (non-finite) values."""
+    return {k: v for k, v in row.items() if v is not None and k != "time"}
 
 
 def _clean(value):
@@ -58,17 +65,30 @@ def _clean(value):
 
 
 class Logger:
+    """Row i of metrics.jsonl is W&B history step i (x-axis `env_step`). W&B's core buffers its run file, so a
+    SIGKILL loses that file's recent rows (often all of them): a resume replays into the resumed W&B run the kept
+    rows that the run's earlier files lack, and `wandb_file.run_history` then equals metrics.jsonl."""
+
     def __init__(self, cfg, run_dir: Path, agent_name: str, resume_step: int | None = None,
                  wandb_id: str | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
-        if resume_step is not None:
-            truncate_jsonl(self.path, resume_step)
+        kept = truncate_jsonl(self.path, resume_step) if resume_step is not None else []
+        self.step = len(kept)  # W&B step of the next row
         self.file = open(self.path, "a", buffering=1)
         self.start = time.time()
         self.wandb = None
         if cfg.logger.name == "wandb":
+            from cpcrl.wandb_file import run_history  # wandb's protobufs: only for logger=wandb
+
+            have = 0
+            if wandb_id:  # the rows of this run the earlier W&B files hold: a contiguous prefix of kept
+                steps = [h.get("_step") for h in run_history(self.run_dir, wandb_id)]
+                while have < len(kept) and have < len(steps) and steps[have] == have:
+                    have += 1
             self.wandb = self._init_wandb(cfg, agent_name, wandb_id)
+            for i in range(have, len(kept)):
+                self.wandb.log(wandb_row(kept[i]), step=i)
 
     def _init_wandb(self, cfg, agent_name, wandb_id):
         import wandb
@@ -95,7 +115,8 @@ class Logger:
         row.update({k: _clean(v) for k, v in metrics.items()})
         self.file.write(json.dumps(row) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if v is not None and k != "time"})
+            self.wandb.log(wandb_row(row), step=self.step)
+        self.step += 1
         return row
 
     def summary(self, metrics: dict) -> None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cpcrl import device as devices
+from cpcrl import device as devices, probes
 from cpcrl.agents import make_agent
 from cpcrl.checkpoint import Checkpointer, load_checkpoint, numpy_to_torch, torch_to_numpy
 from cpcrl.collector import Collector, evaluate
@@ -174,6 +174,9 @@ class TrainingRun:
         self.collector.env_step, self.collector.episodes = counters.get("env_step", 0), counters["episodes"]
         self.eval_envs.reset(seed=int(cfg.seed) + 1_000_003)
         self.logger = Logger(cfg, run_dir, self.agent.name, resume_step=resume_step, wandb_id=wandb_id)
+        self.probe_envs = make_env(cfg.env, num_envs=int(cfg.eval.num_envs)) if cfg.eval.probe else None
+        self.probe_control = (probes.random_control(cfg, self.probe_envs, device, int(cfg.seed) + 7)
+                              if cfg.eval.probe else None)
 
         self.iteration, self.step0 = counters["iteration"], self.collector.env_step
         # train.max_minutes: a wall-clock budget across resumes (the time before a resume is in the counters)
@@ -242,6 +245,9 @@ class TrainingRun:
     def evaluate(self, step: int, depths=(), final: bool = False) -> dict[str, float]:
         sync_eval_depth(self.envs, self.eval_envs)
         metrics = evaluate_all(self.cfg, self.agent, self.eval_envs, int(self.cfg.eval.episodes), depths, final)
+        if self.probe_envs is not None:  # eval.probe: envs of their own, so the evaluations stay as they were
+            metrics.update(probes.probe_metrics(self.agent, self.probe_envs, int(self.cfg.eval.probe_episodes),
+                                                self.probe_control, seed=int(self.cfg.seed) + 2_000_003))
         self.logger.log(metrics, step)
         self.eval_at.advance(step)
         return metrics
@@ -280,6 +286,8 @@ class TrainingRun:
         self.logger.close(exit_code)
         self.envs.close()
         self.eval_envs.close()
+        if self.probe_envs is not None:
+            self.probe_envs.close()
 
 
 def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
@@ -306,12 +314,61 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console
         run.close(exit_code)
 
 
-def load_trained_agent(cfg: DictConfig, device: torch.device, num_envs: int):
+def _typed_env_overrides() -> list[str]:
+    """The `env=...` / `env.<key>=...` overrides typed on this command line (none outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=", 1)[0].split(".")[0] == "env"]
+
+
+def _space_text(space) -> str:
+    return " ".join(str(space).split())[:120]
+
+
+def _env_diff(have: DictConfig, want: DictConfig) -> list[str]:
+    a, b = OmegaConf.to_container(have, resolve=True), OmegaConf.to_container(want, resolve=True)
+    flat = lambda d, pre="env.": {k2: v2 for k, v in d.items() for k2, v2 in  # noqa: E731
+                                  (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) and v else [(pre + k, v)])}
+    a, b = flat(a), flat(b)
+    return [f"{k}={b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def checkpoint_env(cfg: DictConfig, saved: DictConfig, console: Console | None = None) -> DictConfig:
+    """The env a checkpoint is evaluated on: its run's, or, when env overrides were typed on this command line
+    (composed on the run's own env overrides, `app._rewrite_args`), this command's env where the agent's
+    observation and action spaces fit it (the keys that differ are printed); else one line saying what differs."""
+    if not _typed_env_overrides():
+        return saved.env
+    changed = _env_diff(saved.env, cfg.env)
+    if not changed:
+        return saved.env
+    shown = " ".join(changed)
+    shown = shown if len(shown) <= 200 else shown[:197] + "..."
+    trained, asked = make_env(saved.env, num_envs=1), make_env(cfg.env, num_envs=1)
+    try:
+        for what in ("observation", "action"):
+            have, want = getattr(trained, f"single_{what}_space"), getattr(asked, f"single_{what}_space")
+            if have != want:
+                raise ConfigError(f"env overrides {shown} do not fit checkpoint {cfg.checkpoint.path}: its agent acts "
+                                  f"on {what} space {_space_text(have)}, this env has {_space_text(want)} (valid: env "
+                                  f"overrides that keep the observation and action spaces)")
+    finally:
+        trained.close()
+        asked.close()
+    (console or Console()).print(f"env overrides applied (the agent's observation and action spaces fit): {shown}")
+    return cfg.env
+
+
+def load_trained_agent(cfg: DictConfig, device: torch.device, num_envs: int, console: Console | None = None):
     """The checkpoint `cfg.checkpoint.path` in the agent and env its saved config describes, with this command
-    line's eval, solve and device keys. -> (payload, run config, envs, agent)."""
+    line's eval, solve and device keys and its env overrides (`checkpoint_env`).
+    -> (payload, run config, envs, agent)."""
     payload = load_checkpoint(cfg.checkpoint.path)
     saved = OmegaConf.create(payload["config"])
-    run_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "solve": cfg.solve, "device": cfg.device})
+    run_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "solve": cfg.solve, "probe": cfg.probe, "device": cfg.device})
+    run_cfg.env = checkpoint_env(cfg, saved, console)
     envs = make_env(run_cfg.env, num_envs=num_envs)
     agent = build_agent(run_cfg, envs, device)
     load_agent_state(agent, payload, cfg.checkpoint.path)
@@ -321,7 +378,7 @@ def load_trained_agent(cfg: DictConfig, device: torch.device, num_envs: int):
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, console: Console) -> dict:
     """mode=eval: load a checkpoint into the agent its config describes and report eval.json."""
     payload, run_cfg, envs, agent = load_trained_agent(cfg, device, min(int(cfg.eval.num_envs),
-                                                                        int(cfg.eval.episodes)))
+                                                                        int(cfg.eval.episodes)), console)
     envs.reset(seed=int(cfg.seed) + 1_000_003)
     if "env" in payload and hasattr(envs, "set_state"):
         # the depth the run had reached; the scrambles stay this eval's own (seed + 1_000_003), as in train,
@@ -343,7 +400,7 @@ def solve_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, conso
     random states; writes solve.json."""
     from cpcrl.solve import solve_uniform
 
-    payload, run_cfg, envs, agent = load_trained_agent(cfg, device, 1)
+    payload, run_cfg, envs, agent = load_trained_agent(cfg, device, 1, console)
     envs.close()
     if not hasattr(envs, "set_start"):
         raise ConfigError(f"mode=solve solves the cube: checkpoint {cfg.checkpoint.path} was trained on "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -52,9 +53,10 @@ def find_run_file(path: str | Path) -> Path:
     return max(found, key=lambda p: (p.stat().st_mtime, p.parent.name))
 
 
-def _payloads(f) -> Iterator[bytes]:
+def _payloads(f, cut_ok: bool = False) -> Iterator[bytes]:
     """Reassembled record payloads. A file cut short (crash, copy of a live run) ends quietly after the
-    last complete record; anything else that does not parse raises, since skipping it would hide data loss."""
+    last complete record (a warning, unless `cut_ok`: the file of a process known to be killed); anything else
+    that does not parse raises, since skipping it would hide data loss."""
     header = f.read(FILE_HEADER.size)
     if len(header) < FILE_HEADER.size and IDENT.startswith(header[: len(IDENT)]):
         return  # created but nothing written yet (the run died at once): no records, not an error
@@ -95,15 +97,16 @@ def _payloads(f) -> Iterator[bytes]:
             pos += CHUNK_HEADER.size + length
         if len(block) < wanted:  # end of file
             if pending is not None or pos < len(block) and any(block[pos:]):
-                log.warning("%s: file ends inside a record (truncated); read up to byte %d", f.name, offset + pos)
+                (log.debug if cut_ok else log.warning)("%s: file ends inside a record (truncated); read up to byte %d",
+                                                       f.name, offset + pos)
             return
         offset += len(block)
 
 
-def read_records(path: str | Path) -> Iterator[wandb_internal_pb2.Record]:
+def read_records(path: str | Path, cut_ok: bool = False) -> Iterator[wandb_internal_pb2.Record]:
     """Every record of the run file found by ``find_run_file(path)``, in file order."""
     with open(find_run_file(path), "rb") as f:
-        for payload in _payloads(f):
+        for payload in _payloads(f, cut_ok):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
             yield record
@@ -133,10 +136,10 @@ def _apply(target: dict, updates, removes=()) -> None:
             node.pop(leaf, None)
 
 
-def read_run(path: str | Path) -> dict[str, Any]:
+def read_run(path: str | Path, cut_ok: bool = False) -> dict[str, Any]:
     """History rows, config, summary, run metadata and defined metrics of one run file."""
     out: dict[str, Any] = {"history": [], "config": {}, "summary": {}, "run": {}, "metrics": []}
-    for record in read_records(path):
+    for record in read_records(path, cut_ok):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             out["history"].append({_key(item): json.loads(item.value_json) for item in record.history.item})
@@ -159,3 +162,28 @@ def read_run(path: str | Path) -> dict[str, Any]:
             _apply(out["config"], r.config.update, r.config.remove)
             _apply(out["summary"], r.summary.update, r.summary.remove)
     return out
+
+
+def run_files(path: str | Path, run_id: str) -> list[Path]:
+    """Every run file of W&B run ``run_id`` under a training dir's ``wandb/``, oldest first: a run resumed after a
+    kill has one file per process (``<offline-run|run>-<time>-<id>/run-<id>.wandb``; the time breaks ties)."""
+    found = [p for p in Path(path).glob(f"wandb/*run-*-{run_id}/run-{run_id}.wandb") if p.is_file()]
+    started = lambda p: re.search(r"\d{8}_\d{6}", p.parent.name)  # noqa: E731
+    return sorted(found, key=lambda p: (started(p).group() if started(p) else "", p.stat().st_mtime))
+
+
+def run_history(path: str | Path, run_id: str) -> list[dict[str, Any]]:
+    """The history of a run over all its files (`run_files`), as a resumed run continues it: cpcrl logs row i of
+    metrics.jsonl at ``_step`` i, so a file whose first row is step s replaces the earlier files' rows from s on
+    (those a kill left after the last checkpoint, which metrics.jsonl cut back too)."""
+    merged: list[dict[str, Any]] = []
+    for file in run_files(path, run_id):
+        try:
+            rows = read_run(file, cut_ok=True)["history"]  # the files of killed processes end mid-record
+        except WandbFileError as e:  # a damaged file: its rows count as missing (a resume logs them again)
+            log.warning("%s", e)
+            continue
+        if rows:
+            start = rows[0].get("_step", 0)
+            merged = [r for r in merged if r.get("_step", 0) < start] + rows
+    return merged

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from cpcrl.checkpoint import load_checkpoint
 from cpcrl.collector import evaluate
+from cpcrl.logging import wandb_row
 from cpcrl.train import build_agent, load_agent_state, make_env
-from cpcrl.wandb_file import read_run
+from cpcrl.wandb_file import read_run, run_files, run_history
 from tests.conftest import ROOT, cpcrl
 
 EVAL_EPISODES = 40  # enough that two different scramble streams give different eval numbers at depth 1
@@ -203,6 +204,32 @@ def test_resume_after_sigkill_repeats_no_step(tmp_path):
     assert_resumed_without_repeats(before, after, saved)
     assert after[-1]["env_step"] >= 400000
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_step"] >= 400000
+
+
+def assert_wandb_history_is_metrics(run_dir) -> None:
+    """The W&B history of a run, over the files of all its processes (`run_history`), is metrics.jsonl: row i at
+    `_step` i, the same values (W&B drops `time` and nulls), `env_step` on every row."""
+    run_id = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["wandb_id"]
+    history = run_history(run_dir, run_id)
+    assert [h["_step"] for h in history] == list(range(len(history)))
+    assert [{k: v for k, v in h.items() if not k.startswith("_")} for h in history] == [
+        wandb_row(r) for r in rows(run_dir)]
+
+
+def test_wandb_history_survives_a_sigkill_and_continues_on_resume(tmp_path):
+    args = ["agent=reinforce", "env=cube2x2", "device=cpu", "logger=wandb", "train.total_steps=200000",
+            "train.log_every=2000", "eval.every=0", "eval.episodes=10", "checkpoint.every=10000"]
+    run = tmp_path / "run"
+    saved = run_until_killed(tmp_path, args, checkpoints=2)
+    kept = [r for r in rows(run) if r["env_step"] <= saved["counters"]["env_step"]]
+    (killed_file,) = run_files(run, saved["wandb_id"])  # W&B's core buffers it: a kill loses its recent rows
+    assert len(read_run(killed_file)["history"]) < len(kept)
+    cpcrl("resume=run", cwd=tmp_path)
+    assert len(run_files(run, saved["wandb_id"])) == 2  # the resumed process's file continues the same run id
+    assert_wandb_history_is_metrics(run)
+    steps = [r["env_step"] for r in rows(run) if "train/iteration" in r]
+    gaps = [b - a for a, b in zip([0, *steps], steps)]  # x-axis env_step: monotonic, no gap, no repeat
+    assert min(gaps) > 0 and max(gaps) < 2 * 2000 and steps[-1] >= 200000  # a row per train.log_every
 
 
 # A few seconds of training each; the first periodic checkpoint comes early, so the kill lands mid-run.

@@ -85,3 +85,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     assert needle in lines[0]
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
     assert not any(p.is_dir() for p in (tmp_path / "outputs").rglob("*")) if (tmp_path / "outputs").exists() else True
+
+
+def test_env_name_of_a_module_colon_id_is_one_path_component():
+    # env.name names the run dir (hydra.run.dir): a `module:EnvId` id must not put a ':' or '/' into it
+    assert compose_cfg("env=gym", "env.id=popgym:popgym-RepeatPreviousEasy-v0").env.name == \
+        "popgym-popgym-RepeatPreviousEasy-v0"
+    assert compose_cfg("env=gym", "env.id=pkg.sub/Task-v1").env.name == "pkg.sub-Task-v1"

@@ -236,7 +236,9 @@ def test_scramble_seeded():
 def test_single_env_episode():
     env = Cube2x2Env(max_steps=3, solve_bonus=10.0)
     obs, info = env.reset(seed=0, options={"state": run(SOLVED, "U+")})
-    assert obs.shape == (192,) and obs.dtype == np.float32 and info == {"solved": False, "scramble_depth": -1}
+    assert obs.shape == (192,) and obs.dtype == np.float32
+    assert {k: info.pop(k) for k in ("solved", "scramble_depth")} == {"solved": False, "scramble_depth": -1}
+    assert np.array_equal(info["true_class"], run(SOLVED, "U+")) and np.array_equal(info["true_state"], obs[:144])
     obs, reward, term, trunc, info = env.step(M["R+"])
     assert (reward, term, trunc, info["solved"]) == (-1.0, False, False, False)
     obs, reward, term, trunc, info = env.step(M["R-"])

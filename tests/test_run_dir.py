@@ -237,3 +237,36 @@ def test_foreign_checkpoints_are_not_cpcrl_checkpoints(tmp_path):
         err = one_line_error(cpcrl("mode=eval", f"checkpoint={folder / name}", cwd=tmp_path, check=False))
         assert expected in err, err
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]  # no eval/ dir left behind
+
+
+def test_eval_of_a_read_only_run_writes_to_eval_out_dir(finished, tmp_path):
+    before = files(finished)
+    proc = cpcrl("mode=eval", f"checkpoint={finished}", "eval.out_dir=elsewhere/e1", cwd=tmp_path)
+    result = json.loads((tmp_path / "elsewhere" / "e1" / "eval.json").read_text())
+    assert result["env_step"] == load_checkpoint(finished)["counters"]["env_step"] and "eval.json" in proc.stdout
+    assert files(finished) == before and not (finished / "eval").exists()  # the run dir is not written
+    # We run as root, for whom chmod makes nothing read-only: unwritable targets are paths nobody can create.
+    (tmp_path / "a_file").write_text("")
+    for target, problem in ((tmp_path / "a_file" / "e", f"{tmp_path / 'a_file'} is a file, not a directory"),
+                            ("/proc/cpcrl_eval", "cannot create /proc/cpcrl_eval")):
+        err = one_line_error(cpcrl("mode=eval", f"checkpoint={finished}", f"eval.out_dir={target}", cwd=tmp_path,
+                                   check=False))
+        assert f"eval.out_dir={target}: {problem}" in err, err
+    assert files(finished) == before and sorted(os.listdir(tmp_path)) == ["a_file", "elsewhere"]
+    run = tmp_path / "run"  # a run whose own eval dir cannot be made: the message points to eval.out_dir
+    shutil.copytree(finished, run)
+    (run / "eval").write_text("")
+    err = one_line_error(cpcrl("mode=eval", f"checkpoint={run}", cwd=tmp_path, check=False))
+    assert f"{run / 'eval'} is a file, not a directory" in err and "or give eval.out_dir=<a writable dir>" in err
+
+
+def test_eval_applies_env_overrides_that_fit_the_agent_and_refuses_others(finished, tmp_path):
+    proc = cpcrl("mode=eval", f"checkpoint={finished}", "env.scramble_depth=2", "env.max_steps=7",
+                 "eval.out_dir=fits", cwd=tmp_path)
+    assert "env overrides applied (the agent's observation and action spaces fit): env.max_steps=7 " \
+           "env.scramble_depth=2" in " ".join(proc.stdout.split()), proc.stdout
+    assert json.loads((tmp_path / "fits" / "eval.json").read_text())["eval/length_mean"] <= 7  # max_steps applied
+    err = one_line_error(cpcrl("mode=eval", f"checkpoint={finished}", "env=cartpole", "eval.out_dir=no",
+                               cwd=tmp_path, check=False))
+    assert "do not fit checkpoint" in err and "its agent acts on observation space Box(" in err, err
+    assert "(4,), float32)" in err and not (tmp_path / "no").exists()

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from cpcrl import wandb_file
-from cpcrl.wandb_file import WandbFileError, find_run_file, read_records, read_run
+from cpcrl.wandb_file import WandbFileError, find_run_file, read_records, read_run, run_files, run_history
 
 BLOB = "x" * 70_000  # more than two 32 KiB blocks: the record is split into FIRST, MIDDLE and LAST chunks
 VOLATILE = {"_timestamp", "_runtime"}  # wall-clock values
@@ -129,3 +129,16 @@ def test_corrupted_or_foreign_file_raises_clear_error(run_dir, tmp_path):
     foreign.write_bytes(b"not a run file at all")
     with pytest.raises(WandbFileError, match="not a W&B run file"):
         list(read_records(foreign))
+
+
+def test_run_files_order_by_start_time_and_run_history_merges_them(run_dir, tmp_path):
+    run_file = find_run_file(run_dir)
+    run_id = read_run(run_dir)["run"]["run_id"]
+    names = ("run-20260102_000000-" + run_id, "offline-run-20260101_000000-" + run_id)  # online, offline dirs
+    for name in names:
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+        shutil.copy(run_file, tmp_path / "wandb" / name / run_file.name)
+    (tmp_path / "wandb" / "offline-run-20260103_000000-other").mkdir()  # another run: not one of its files
+    assert [p.parent.name for p in run_files(tmp_path, run_id)] == [names[1], names[0]]
+    # the second file starts again at _step 0: it replaces the first file's rows, as a resume from step 0 would
+    assert run_history(tmp_path, run_id) == read_run(run_file)["history"]

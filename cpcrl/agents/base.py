@@ -81,6 +81,13 @@ class Agent(nn.Module):
         raise ConfigError(f"agent={self.name} has no policy to search over: mode=solve needs an agent with one "
                           "(reinforce, ppo_lstm, cpc_rl, dreamer, random)")
 
+    @torch.no_grad()
+    def belief_features(self, obs: torch.Tensor, state, is_first: torch.Tensor):
+        """-> (features [B, F], state after obs): what the agent knows at this step, for the belief probes
+        (`cpcrl.probes`). This default is the observation itself (an agent without memory); recurrent agents return
+        their belief. The state is `act`'s, before an action is taken (`act` still advances it)."""
+        return obs.float(), state
+
     def commit_action(self, state, actions: torch.Tensor):
         """The state once `actions` (int [B]) are taken from it (for agents whose state holds the action)."""
         return state

@@ -297,6 +297,14 @@ class Dreamer(ModelBasedAgent):
         return (action.argmax(-1) if self.discrete else action), state
 
     @torch.no_grad()
+    def belief_features(self, obs, state, is_first):
+        """RSSM features [deter | stoch] of the posterior mode after obs (given the previous action)."""
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        post, _ = self.rssm.obs_step(state["latent"], state["action"], self.encoder(self.preprocess(obs.float())),
+                                     is_first, sample=False)
+        return self.rssm.features(post), {"latent": post, "action": state["action"]}
+
+    @torch.no_grad()
     def policy_scores(self, obs, state, is_first, action_mask=None):
         state = self.initial_state(obs.shape[0]) if state is None else state
         embed = self.encoder(self.preprocess(obs.float()))

@@ -119,6 +119,14 @@ class PlaNet(ModelBasedAgent):
         return mean[:, 0]
 
     @torch.no_grad()
+    def belief_features(self, obs, state, is_first):
+        """RSSM features [deter | stoch] of the posterior mean after obs (given the held action)."""
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        post, _ = self.rssm.obs_step(state["latent"], state["action"], self.encoder(obs),
+                                     is_first.to(self.device, torch.bool), sample=False)
+        return self.rssm.features(post), {**state, "latent": post}
+
+    @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True, random=False):
         """Hold the current action for `action_repeat` steps; where a new one is due (or an episode starts)
         filter the observation into the belief and plan (or draw a random action when `random`)."""

@@ -262,6 +262,13 @@ class PPOLSTM(Agent):
         feats, state = self.belief.step(self._norm(obs), state, is_first)
         return self.dist(feats, self._check_mask(action_mask)).logits, self.value(feats), state
 
+    @torch.no_grad()
+    def belief_features(self, obs, state, is_first):
+        """The LSTM output (the twin's [actor | critic] under separate_critic_lstm; the MLP's for world_model=none)."""
+        if state is None and self.recurrent:
+            state = self.initial_state(obs.shape[0])
+        return self.belief.step(self._norm(obs), state, is_first)
+
     # --- training ------------------------------------------------------------------------------------------
 
     def _check_batch(self, num_envs: int) -> None:

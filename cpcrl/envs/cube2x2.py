@@ -38,6 +38,11 @@ level: the scramble length under ``moves``, the exact distance under ``distance`
 Observation (192 float32): sticker ``i``'s colour one-hot at ``[6*i : 6*i+6]`` (144 values), then the one-hot
 of the last 4 actions, most recent first, at ``144 + 12*k + a`` (48 values, all zero where there is no action
 yet, e.g. right after a reset).
+
+Hidden state (``cpcrl.probes``' targets, in ``info`` at reset and at every step, of the returned obs): the sticker
+state, ``info["true_state"]`` float32 [24*6] as the colour one-hots (= the obs' first 144 values: the cube is fully
+observed, so the probe on the observation is the ceiling) and ``info["true_class"]`` int64 [24] as colour ids;
+the vector env also gives ``info["final_true_state"]``, that of ``final_obs``.
 """
 
 from __future__ import annotations
@@ -513,7 +518,10 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
             i = self._next_scrambles(1).start
             self._depth, self.state, self._obs[:] = int(self._pool_d[i]), self._pool_s[i].copy(), self._pool_o[i]
         self._steps = 0
-        return self._obs.copy(), {"solved": False, "scramble_depth": self._depth}
+        return self._obs.copy(), {"solved": False, "scramble_depth": self._depth, **self._hidden()}
+
+    def _hidden(self) -> dict:
+        return {"true_state": self._obs[:144].copy(), "true_class": self.state.astype(np.int64)}
 
     def step(self, action):
         a = int(action)
@@ -531,7 +539,8 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         if solved or truncated:
             self._record_outcomes([solved])
         reward = -1.0 + (self.solve_bonus if solved else 0.0)
-        return obs.copy(), reward, solved, truncated, {"solved": solved, "scramble_depth": self._depth}
+        return obs.copy(), reward, solved, truncated, {"solved": solved, "scramble_depth": self._depth,
+                                                       **self._hidden()}
 
     def render(self):
         if self.render_mode == "ansi":
@@ -584,6 +593,12 @@ class _RowBuffer(NamedTuple):
     heads: np.ndarray  # _HEAD[N]: stickers and history, what a reset writes
     stickers: np.ndarray  # S24[N]
     faces: np.ndarray  # S24[N]
+
+
+def _hidden_state(obs: np.ndarray) -> dict:
+    """The sticker state of observations float32[N,192]: `true_state` (colour one-hots), `true_class` (colour ids)."""
+    one_hots = obs[:, :144].copy()
+    return {"true_state": one_hots, "true_class": one_hots.reshape(-1, 24, 6).argmax(-1)}
 
 
 class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
@@ -691,7 +706,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         obs = _encode_heads(rows[:, :32])
         if not self.copy:
             obs = _copy(obs, self._obs)
-        info = {"solved": np.zeros(n, dtype=bool), "scramble_depth": self._depths.copy()}
+        info = {"solved": np.zeros(n, dtype=bool), "scramble_depth": self._depths.copy(), **_hidden_state(obs)}
         return obs, info
 
     def step(self, actions):
@@ -716,7 +731,8 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
             self._depths[ended] = self._pool_d[sl]
             self._start[ended] = self._now
             obs.view(_OBS_ROW)[:, 0][ended] = self._pool_or[sl]
-        info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths}
+        info = {"final_obs": final, "_final_obs": done, "solved": solved.copy(), "scramble_depth": depths,
+                **_hidden_state(obs), "final_true_state": final[:, :144].copy()}
         return obs, rewards, solved, truncated, info
 
     def _tick(self) -> None:

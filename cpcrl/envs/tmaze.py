@@ -8,6 +8,9 @@ Observation (3 floats): [cue (+1 up / -1 down at the start, else 0), at the junc
 Actions: 0 forward, 1 up, 2 down. Turning in the corridor wastes a step; at the junction a turn ends the
 episode with +1 if it matches the cue and -1 if not. Each step costs `step_cost`; the episode is
 truncated after `2 * length + 2` steps. The best return is 1 - (length + 1) * step_cost (the turn is a step too).
+
+The hidden state, in `info` at reset and at every step (`cpcrl.probes`' targets): `info["true_state"]` float32
+[1], the cue (+1 up, -1 down), and `info["true_class"]` int64 [1], the cue as a class (0 up, 1 down).
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ class TMazeEnv(gym.Env):
         super().reset(seed=seed)
         self.cue = 1.0 if self.np_random.random() < 0.5 else -1.0
         self.pos, self.t = 0, 0
-        return self._obs(), {}
+        return self._obs(), self._hidden()
+
+    def _hidden(self) -> dict:
+        return {"true_state": np.array([self.cue], dtype=np.float32),
+                "true_class": np.array([0 if self.cue > 0 else 1], dtype=np.int64)}
 
     def step(self, action):
         action = int(action)
@@ -47,7 +54,7 @@ class TMazeEnv(gym.Env):
             terminated = True
             reward += 1.0 if (action == 1) == (self.cue > 0) else -1.0
         truncated = not terminated and self.t >= self.max_steps
-        return self._obs(), reward, terminated, truncated, {}
+        return self._obs(), reward, terminated, truncated, self._hidden()
 
     def render(self):
         corridor = ["."] * (self.length + 1)

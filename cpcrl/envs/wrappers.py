@@ -11,7 +11,11 @@ from cpcrl.envs.spaces import EncodedBox, encode, encode_space, merge_parts, one
 
 
 class ObserveIndices(gym.ObservationWrapper):
-    """Keep only some entries of a vector observation: the POMDP versions (e.g. CartPole without velocities)."""
+    """Keep only some entries of a vector observation: the POMDP versions (e.g. CartPole without velocities).
+
+    `info["true_state"]` (float32 [D], [N, D] once vectorised) is the unmasked observation, at reset and at every
+    step: the full physical state a belief must infer (CartPole's x, x_dot, theta, theta_dot; Pendulum's cos, sin,
+    theta_dot), the probes' target (`cpcrl.probes`)."""
 
     def __init__(self, env: gym.Env, indices):
         super().__init__(env)
@@ -27,6 +31,15 @@ class ObserveIndices(gym.ObservationWrapper):
 
     def observation(self, obs):
         return obs[self.indices]
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self.observation(obs), {**info, "true_state": np.asarray(obs, dtype=np.float32)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return (self.observation(obs), reward, terminated, truncated,
+                {**info, "true_state": np.asarray(obs, dtype=np.float32)})
 
 
 class EncodeObservations(gym.ObservationWrapper):
@@ -47,6 +60,8 @@ class DenseFinalObs(VectorWrapper):
 
     gymnasium stores final observations as an object array with None for running envs; bootstrapping
     on truncation wants a plain [N, ...] array, so running envs get their current observation there.
+    Where the env gives `info["true_state"]` (that of the returned obs: a new episode's first after an
+    autoreset), `info["final_true_state"]` is made dense the same way: that of `final_obs`.
     """
 
     def step(self, actions):
@@ -58,6 +73,11 @@ class DenseFinalObs(VectorWrapper):
                 final[i] = info["final_obs"][i]
         info["final_obs"], info["_final_obs"] = final, done
         last = info.get("final_info", {})
+        if "true_state" in info:
+            final_state = np.array(info["true_state"], copy=True)
+            if "true_state" in last:
+                final_state[last["_true_state"]] = last["true_state"][last["_true_state"]]
+            info["final_true_state"] = final_state
         if "env_steps" in last:  # ActionRepeat: a finished env's count is in the info of its last step
             steps = np.array(info.get("env_steps", np.zeros(len(done), dtype=np.int64)), dtype=np.int64)
             steps[last["_env_steps"]] = last["env_steps"][last["_env_steps"]]
