@@ -1,5 +1,5 @@
 # cpcrl: `make run` trains the default experiment, `make test` runs the suite.
-# Both create .venv and install everything on first use (the Ray launcher included: it shares the venv).
+# Both create .venv and install everything on first use (the Ray launcher and POPGym included: they share the venv).
 # GPU users: make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" install
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile cpcrl/envs/_cube_step.c
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing below resolves to a CUDA build
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,sweep,ray]"
+	$(PY) -m pip install -q -e ".[test,sweep,ray,popgym]"
 	$(PY) -m pip check
 	touch $(STAMP)
 

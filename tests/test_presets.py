@@ -168,6 +168,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
 def test_compose_build_train_and_checkpoint_round_trip(overrides, tmp_path):
+    if "env=popgym" in overrides:
+        pytest.importorskip("popgym")  # the `popgym` extra (make install has it)
     cfg = compose_case(overrides)
     if "save_replay" in cfg.agent:  # the replay travels in the checkpoint: a loaded agent learns from the same data
         cfg.agent.save_replay = True
