@@ -13,6 +13,8 @@ from cpcrl.errors import ConfigError
 FORMAT = "cpcrl-checkpoint-1"
 REQUIRED = ("agent_name", "agent", "counters", "rng", "config")  # what resume and mode=eval read
 COUNTERS = ("env_step", "episodes", "iteration")
+# also in counters, optional (older checkpoints lack them, a resume then starts them afresh): wall_s (the
+# train.max_minutes budget spent), mmer (train/mmer's running max; absent until an episode has ended)
 
 
 class CheckpointWriteError(RuntimeError):

@@ -40,6 +40,9 @@ class Collector:
         self.episodes = 0
         self.returns, self.lengths, self.solved = (deque(maxlen=window) for _ in range(3))
         self.has_solved = False
+        # the episodes that ended since the last `take_ended` (all of them, not a window): the training loop's
+        # per-iteration mean return (train/mmer)
+        self.ended_return_sum, self.ended_episodes = 0.0, 0
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -74,6 +77,8 @@ class Collector:
                 self.has_solved = True
                 self.solved.extend(info["solved"][done].tolist())
             self.episodes += int(done.sum())
+            self.ended_return_sum += float(self.episode_return[done].sum())
+            self.ended_episodes += int(done.sum())
             self.episode_return[done] = 0.0
             self.episode_length[done] = 0
         step = Step(self.obs, action, reward, terminated, truncated, info["final_obs"], self.is_first,
@@ -81,6 +86,12 @@ class Collector:
         self.obs, self.is_first, self.action_mask = obs, done, info.get("action_mask")
         self.env_step += self.num_envs if env_steps is None else int(env_steps.sum())
         return step
+
+    def take_ended(self) -> tuple[float, int]:
+        """-> (sum of the returns, count) of the episodes that ended since the last call; starts a new count."""
+        ended = self.ended_return_sum, self.ended_episodes
+        self.ended_return_sum, self.ended_episodes = 0.0, 0
+        return ended
 
     def episode_metrics(self) -> dict[str, float]:
         if not self.returns:

@@ -111,6 +111,18 @@ def check_finite(metrics: dict, env_step: int, kept: str) -> None:
                                "(try a lower learning rate or grad clipping)")
 
 
+def max_mean_return(mmer: float | None, return_sum: float, episodes: int) -> float | None:
+    """`train/mmer`, POPGym's MMER (Morad et al. 2023): the max over training so far of the mean episodic return
+    per collection batch. Here a batch is one train iteration (`Agent.train_iteration`: a PPO rollout, a REINFORCE
+    episode batch, a world model's collection, prefill included) and its mean is over the episodes that ended in it
+    (`return_sum` / `episodes`, `Collector.take_ended`). An iteration in which no episode ended has no mean and does
+    not count; before the first one that does there is no value (None: not logged). -> the running max."""
+    if episodes == 0:
+        return mmer
+    mean = return_sum / episodes
+    return mean if mmer is None else max(mmer, mean)
+
+
 def summary_table(title: str, metrics: dict) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
@@ -179,6 +191,7 @@ class TrainingRun:
                               if cfg.eval.probe else None)
 
         self.iteration, self.step0 = counters["iteration"], self.collector.env_step
+        self.mmer = counters.get("mmer")  # a running max over the whole run (absent from older checkpoints)
         # train.max_minutes: a wall-clock budget across resumes (the time before a resume is in the counters)
         self.budget_s = None if cfg.train.get("max_minutes") is None else 60.0 * float(cfg.train.max_minutes)
         self.wall0 = time.monotonic() - float(counters.get("wall_s", 0.0))
@@ -222,6 +235,7 @@ class TrainingRun:
         metrics = self.agent.train_iteration(self.collector)
         self.train_time += time.perf_counter() - t0
         self.iteration += 1
+        self.mmer = max_mean_return(self.mmer, *self.collector.take_ended())
         check_finite(metrics, self.collector.env_step, self.kept())
         for k, v in metrics.items():
             self.pending[k].append(v)
@@ -232,6 +246,8 @@ class TrainingRun:
         row = {k: float(np.mean(v)) for k, v in self.pending.items()}
         row.update(self.collector.episode_metrics())
         row.update({"perf/sps": sps, "train/iteration": self.iteration})
+        if self.mmer is not None:
+            row["train/mmer"] = self.mmer
         if getattr(self.envs, "curriculum", None) is not None:
             row["train/curriculum_depth"] = float(self.envs.curriculum_depth)
         self.logger.log(row, step)
@@ -258,6 +274,8 @@ class TrainingRun:
                    "config": OmegaConf.to_yaml(self.cfg, resolve=True),
                    "counters": {"env_step": self.collector.env_step, "episodes": self.collector.episodes,
                                 "iteration": self.iteration, "wall_s": time.monotonic() - self.wall0}}
+        if self.mmer is not None:
+            payload["counters"]["mmer"] = self.mmer
         if hasattr(self.envs, "get_state"):
             payload["env"] = numpy_to_torch(self.envs.get_state())
         self.ckpt.save(payload, step, periodic=periodic)
@@ -276,6 +294,8 @@ class TrainingRun:
                    "time_s": round(time.time() - self.logger.start, 2),
                    "stopped_by": "total_steps" if step >= self.total else "max_minutes", **final}
         summary.update({k: v for k, v in self.collector.episode_metrics().items() if k != "train/episodes"})
+        if self.mmer is not None:
+            summary["train/mmer"] = self.mmer
         self.logger.summary(summary)
         write_json(run_dir / "summary.json", summary)
         self.console.print(summary_table(f"{self.agent.name} on {cfg.env.name} (seed {cfg.seed})", summary))

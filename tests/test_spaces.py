@@ -255,14 +255,6 @@ def test_multidiscrete_actions_train(name):
     assert np.isfinite(evaluate(agent, envs, 2)["eval/return_mean"])
 
 
-@pytest.mark.parametrize("name", ["planet", "dreamer", "random"])
-def test_multidiscrete_actions_are_refused_in_one_line_elsewhere(name):
-    envs = make_gym_env("cpcrl_test/MultiActionCue-v0", 1)
-    with pytest.raises(ConfigError, match=rf"agent={name} acts in Discrete and Box spaces, the env has "
-                                          r"MultiDiscrete\(\[2 3\]\); agents for MultiDiscrete actions: reinforce, "):
-        tiny(name, envs)
-
-
 # --- POPGym (optional extra) -------------------------------------------------------------------------------
 
 def test_popgym_missing_is_one_line_naming_the_extra(monkeypatch):

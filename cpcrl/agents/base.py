@@ -12,9 +12,12 @@ from omegaconf import MISSING
 from torch import nn
 
 from cpcrl.checks import Params
+from cpcrl.envs.spaces import image_slices
 from cpcrl.errors import ConfigError
 
-MULTI_DISCRETE_AGENTS = ("reinforce", "ppo_lstm", "cpc_rl")  # the agents with multi_discrete_actions = True
+# the agents with multi_discrete_actions = True, and those with image_observations = True (named in refusals)
+MULTI_DISCRETE_AGENTS = ("reinforce", "ppo_lstm", "cpc_rl", "planet", "dreamer", "random")
+IMAGE_AGENTS = ("planet", "dreamer")
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Agent(nn.Module):
     name = "agent"
     Config: ClassVar[type]  # the hyper-parameter dataclass (`agent.*`): types, defaults, checks, one doc per field
     multi_discrete_actions: ClassVar[bool] = False  # True: the agent also acts in MultiDiscrete spaces
+    # True: the agent reads 3x64x64 images (a plain image Box, or an image component of an encoded Tuple/Dict)
+    image_observations: ClassVar[bool] = False
     # the world_model options this agent can be composed with, and the schema of each
     world_models: ClassVar[dict[str, type]] = {"none": NoWorldModel}
 
@@ -48,6 +53,12 @@ class Agent(nn.Module):
         super().__init__()
         if not isinstance(obs_space, gym.spaces.Box):
             raise ConfigError(f"agent={self.name} needs a Box observation space, the env has {obs_space}")
+        if not self.image_observations and (len(obs_space.shape) == 3 or image_slices(obs_space)):
+            what = "gives images" if len(obs_space.shape) == 3 else "has an image component"
+            raise ConfigError(f"agent={self.name} takes flat vector observations, the env {what} "
+                              f"({' '.join(str(getattr(obs_space, 'source', obs_space)).split())[:120]}); agents for "
+                              f"image observations: {', '.join(IMAGE_AGENTS)} (or leave the image out of the env's "
+                              "observation)")
         self.obs_space, self.action_space, self.device = obs_space, action_space, device
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.continuous = isinstance(action_space, gym.spaces.Box)
@@ -63,6 +74,8 @@ class Agent(nn.Module):
             self.action_dim = sum(self.nvec)
         else:
             self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        # classes per categorical factor: [n] for Discrete, nvec for MultiDiscrete, None for Box actions
+        self.action_factors = self.nvec if self.multi_discrete else [self.action_dim] if self.discrete else None
         self.obs_dim = int(obs_space.shape[0])
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -77,9 +90,39 @@ class Agent(nn.Module):
 
     def policy_scores(self, obs: torch.Tensor, state, is_first: torch.Tensor, action_mask: torch.Tensor | None = None):
         """-> (log-probs of every action [B, A], value [B] or None, state after obs): what `act(explore=False)`
-        decides from, for search over the policy (`cpcrl.solve`). Discrete actions only."""
+        decides from, for search over the policy (`cpcrl.solve`). Discrete actions only (`discrete_scores_only`)."""
         raise ConfigError(f"agent={self.name} has no policy to search over: mode=solve needs an agent with one "
                           "(reinforce, ppo_lstm, cpc_rl, dreamer, random)")
+
+    def discrete_scores_only(self) -> None:
+        """`policy_scores` scores each of A actions: a MultiDiscrete space has no such list (search runs on the
+        cube's Discrete moves)."""
+        if not self.discrete:
+            raise ConfigError(f"agent={self.name}: policy scores (mode=solve's beam search) need a Discrete action "
+                              f"space, the env has {self.action_space}; valid: an env with Discrete actions "
+                              "(env=cube2x2)")
+
+    def check_action_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The env's `info["action_mask"]` (bool [B, A]; MultiDiscrete: the factors' masks concatenated,
+        [B, sum(nvec)]), checked against the action space."""
+        if mask is not None and (self.continuous or mask.shape[-1] != self.action_dim):
+            raise ConfigError(f"the env's action mask has width {mask.shape[-1]} but the action space "
+                              f"{self.action_space} has {self.action_dim} actions" +
+                              (" (masks need a Discrete or MultiDiscrete action space)" if self.continuous else ""))
+        return mask
+
+    def uniform_indices(self, n: int, action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """int [n, F]: each categorical factor uniform over its valid classes (`action_mask` per factor), all
+        factors independent."""
+        masks = action_mask.split(self.action_factors, -1) if action_mask is not None else [None] * len(
+            self.action_factors)
+        draws = []
+        for k, mask in zip(self.action_factors, masks):
+            logits = torch.zeros(n, k, device=self.device)
+            if mask is not None:
+                logits = logits.masked_fill(~mask.bool(), -torch.inf)
+            draws.append(torch.distributions.Categorical(logits=logits).sample())
+        return torch.stack(draws, -1)
 
     @torch.no_grad()
     def belief_features(self, obs: torch.Tensor, state, is_first: torch.Tensor):

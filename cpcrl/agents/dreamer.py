@@ -9,6 +9,11 @@ Versions (`agent.version`, checked against `world_model.kind`):
         slow critic (EMA 0.98) as a regulariser; REINFORCE for discrete actions, backprop for continuous;
         gamma 1 - 1/333.
 
+Actions: Box (tanh-normal), Discrete (a categorical over one-hots) and MultiDiscrete (one categorical per factor,
+unimix per factor; the action vector is the factors' concatenated one-hots, which the world model reads, and it
+is sampled straight-through per factor, so log pi(a) and the entropy are the sums over the factors). Per-factor
+action masks from the env (`info["action_mask"]`) are honoured when acting; imagination has none.
+
 Schedule (`train_iteration`): prefill the replay with uniform random actions, then per iteration
 `collect_steps` policy steps of the vector env and `train_ratio` replayed steps per env step worth of updates
 (`train_ratio * env_steps / (batch_size * seq_len)`, the fraction carried over).
@@ -71,7 +76,16 @@ from cpcrl.checks import (
 from cpcrl.device import autocast
 from cpcrl.errors import ConfigError
 from cpcrl.nets.codecs import is_image
-from cpcrl.nets.distributions import TanhNormal, TwoHotDist, straight_through_onehot, symlog, twohot_bins, unimix_logits
+from cpcrl.nets.distributions import (
+    TanhNormal,
+    TwoHotDist,
+    factor_indices,
+    factor_onehots,
+    straight_through_onehot,
+    symlog,
+    twohot_bins,
+    unimix_logits,
+)
 from cpcrl.nets.mlp import mlp
 from cpcrl.nets.rssm import map_state
 from cpcrl.objectives.actor_critic import ReturnNormalizer, ema_update, imagination_weights
@@ -181,13 +195,16 @@ class ScalarHead(nn.Module):
 
 
 class OneHotPolicy:
-    """Categorical over one-hot actions (log-probs with unimix applied); `rsample` is straight-through."""
+    """Independent categoricals over one-hot actions, one per factor (`factors`: classes per factor; one factor for
+    Discrete actions). `log_probs [..., sum(factors)]` are each factor's log-probs (unimix and mask applied), so
+    for an action of concatenated one-hots `log_prob` (a dot product) and `entropy` are sums over the factors.
+    `rsample` is straight-through per factor."""
 
-    def __init__(self, log_probs: Tensor):
-        self.log_probs = log_probs
+    def __init__(self, log_probs: Tensor, factors: list[int]):
+        self.log_probs, self.factors = log_probs, factors
 
     def rsample(self) -> Tensor:
-        return straight_through_onehot(self.log_probs, 0.0)[0]
+        return torch.cat([straight_through_onehot(lp, 0.0)[0] for lp in self.log_probs.split(self.factors, -1)], -1)
 
     def log_prob(self, action: Tensor) -> Tensor:
         return (action * self.log_probs).sum(-1)
@@ -197,7 +214,7 @@ class OneHotPolicy:
 
     @property
     def mode(self) -> Tensor:
-        return F.one_hot(self.log_probs.argmax(-1), self.log_probs.shape[-1]).to(self.log_probs)
+        return factor_onehots(factor_indices(self.log_probs, self.factors), self.factors).to(self.log_probs)
 
 
 class SquashedPolicy(TanhNormal):
@@ -206,14 +223,15 @@ class SquashedPolicy(TanhNormal):
 
 
 class Actor(nn.Module):
-    """features -> policy. Discrete: unimix categorical. Continuous: tanh-normal, v1 (mean 5 tanh(m/5),
-    std softplus(s + 5) + 1e-4, wide at the start) or v3 (std in [0.1, 1])."""
+    """features -> policy. Discrete / MultiDiscrete (`factors`: classes per factor): a unimix categorical per
+    factor. Continuous (`factors` None): tanh-normal, v1 (mean 5 tanh(m/5), std softplus(s + 5) + 1e-4, wide at the
+    start) or v3 (std in [0.1, 1])."""
 
-    def __init__(self, feature_dim: int, action_dim: int, discrete: bool, units: int, layers: int, activation: str,
-                 version: str, unimix: float, layer_norm: bool):
+    def __init__(self, feature_dim: int, action_dim: int, factors: list[int] | None, units: int, layers: int,
+                 activation: str, version: str, unimix: float, layer_norm: bool):
         super().__init__()
-        self.discrete, self.version, self.unimix = discrete, version, unimix
-        self.net = mlp(feature_dim, [units] * layers, action_dim if discrete else 2 * action_dim, activation,
+        self.factors, self.version, self.unimix = factors, version, unimix
+        self.net = mlp(feature_dim, [units] * layers, action_dim if factors else 2 * action_dim, activation,
                        layer_norm)
 
     def forward(self, features: Tensor, action_mask: Tensor | None = None):
@@ -222,11 +240,15 @@ class Actor(nn.Module):
     def policy(self, out: Tensor, action_mask: Tensor | None = None):
         """The distribution from the raw output of `net`."""
         out = out.float()
-        if self.discrete:
-            log_probs = unimix_logits(out, self.unimix)
-            if action_mask is not None:  # acting only: imagination has no masks
-                log_probs = log_probs.masked_fill(~action_mask.bool(), torch.finfo(out.dtype).min).log_softmax(-1)
-            return OneHotPolicy(log_probs)
+        if self.factors:
+            masks = [None] * len(self.factors) if action_mask is None else action_mask.bool().split(self.factors, -1)
+            log_probs = []
+            for logits, mask in zip(out.split(self.factors, -1), masks):
+                factor = unimix_logits(logits, self.unimix)
+                if mask is not None:  # acting only: imagination has no masks
+                    factor = factor.masked_fill(~mask, torch.finfo(out.dtype).min).log_softmax(-1)
+                log_probs.append(factor)
+            return OneHotPolicy(torch.cat(log_probs, -1), self.factors)
         mean, std = out.chunk(2, -1)
         if self.version == "v1":
             return SquashedPolicy(5.0 * torch.tanh(mean / 5.0), F.softplus(std + math.log(math.e ** 5 - 1)) + 1e-4)
@@ -243,9 +265,9 @@ class Dreamer(ModelBasedAgent):
         super().__init__(obs_space, action_space, device)
         self.cfg = cfg
         # v1 backpropagates through the dynamics for every action space (straight-through for one-hots);
-        # v3 uses REINFORCE where the action is discrete and backprop where it is continuous.
+        # v3 uses REINFORCE where the action is categorical (Discrete, MultiDiscrete) and backprop where continuous.
         self.backprop = (cfg.actor_gradient == "backprop" or
-                         (cfg.actor_gradient == "auto" and (cfg.version == "v1" or not self.discrete)))
+                         (cfg.actor_gradient == "auto" and (cfg.version == "v1" or self.continuous)))
 
         # world model; the actor and critic have the heads' sizes
         units, layers, activation = world_model.heads.hidden, world_model.heads.layers, world_model.activation
@@ -255,7 +277,7 @@ class Dreamer(ModelBasedAgent):
 
         # behaviour
         feature_dim = self.rssm.feature_dim
-        self.actor = Actor(feature_dim, self.action_dim, self.discrete, units, layers, activation, cfg.version,
+        self.actor = Actor(feature_dim, self.action_dim, self.action_factors, units, layers, activation, cfg.version,
                            cfg.unimix, cfg.layer_norm)
         self.critic = ScalarHead(feature_dim, units, layers, activation, cfg.twohot, cfg.layer_norm)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False) if cfg.slow_critic_decay else None
@@ -278,12 +300,13 @@ class Dreamer(ModelBasedAgent):
 
     def initial_state(self, batch_size: int):
         return {"latent": self.rssm.initial(batch_size),
-                "action": torch.zeros(batch_size, self.action_dim, device=self.device)}  # one-hot if discrete
+                "action": torch.zeros(batch_size, self.action_dim, device=self.device)}  # one-hot(s) if categorical
 
     @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True, random=False):
         """Filter the observation into the belief, then sample the policy (`explore`) or take its mode."""
         state = self.initial_state(obs.shape[0]) if state is None else state
+        action_mask = self.check_action_mask(action_mask)
         embed = self.encoder(self.preprocess(obs.float()))
         post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first, sample=explore)
         if random:
@@ -294,7 +317,7 @@ class Dreamer(ModelBasedAgent):
             if explore and self.cfg.expl_noise > 0:  # v1's exploration noise on top of the policy's own
                 action = self.explore(action, action_mask, self.cfg.expl_noise)
         state = {"latent": post, "action": action}
-        return (action.argmax(-1) if self.discrete else action), state
+        return self.env_action(action), state
 
     @torch.no_grad()
     def belief_features(self, obs, state, is_first):
@@ -306,6 +329,7 @@ class Dreamer(ModelBasedAgent):
 
     @torch.no_grad()
     def policy_scores(self, obs, state, is_first, action_mask=None):
+        self.discrete_scores_only()
         state = self.initial_state(obs.shape[0]) if state is None else state
         embed = self.encoder(self.preprocess(obs.float()))
         post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first, sample=False)
@@ -314,7 +338,7 @@ class Dreamer(ModelBasedAgent):
                 {"latent": post, "action": state["action"]})
 
     def commit_action(self, state, actions):
-        return {"latent": state["latent"], "action": F.one_hot(actions.long(), self.action_dim).to(state["action"])}
+        return {"latent": state["latent"], "action": self.action_vector(actions).to(state["action"])}
 
     def collect(self, collector, steps: int, random: bool) -> None:
         """`steps` vector steps; the replay stores (o_t, a_{t-1}, r_t) per step and each episode's final obs."""

@@ -1,7 +1,10 @@
 """What PlaNet and Dreamer share: the world model built from `world_model` (encoder, RSSM, decoder, reward and
-continue heads, in that order), the sequence replay and its place in checkpoints, and exploration noise. The
-world-model loss itself is `cpcrl.objectives.world_model.world_model_loss`; writing a collection step into the
-replay is `SequenceReplay.add_observations` / `add_final_observations`."""
+continue heads, in that order), the sequence replay and its place in checkpoints, the action encoding and
+exploration noise. The world-model loss itself is `cpcrl.objectives.world_model.world_model_loss`; writing a
+collection step into the replay is `SequenceReplay.add_observations` / `add_final_observations`.
+
+Actions, as the RSSM and the replay see them: a Box action as it is, a Discrete one as its one-hot, a MultiDiscrete
+one as its factors' concatenated one-hots (`[sum(nvec)]`); `env_action` turns them into what the env takes."""
 
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ from torch import Tensor, nn
 from cpcrl.agents.base import Agent
 from cpcrl.data.replay import SequenceReplay
 from cpcrl.nets.codecs import make_decoder, make_encoder, make_head
+from cpcrl.nets.distributions import factor_indices, factor_onehots
 from cpcrl.nets.rssm import make_rssm
 from cpcrl.objectives.world_model import WorldModelConfig
 
 
 class ModelBasedAgent(Agent):
     world_models = {"rssm_gaussian": WorldModelConfig, "rssm_discrete": WorldModelConfig}
+    multi_discrete_actions = True
+    image_observations = True
 
     def build_world_model(self, obs_space, wm: WorldModelConfig, reward_head: Callable[[int], nn.Module],
                           continue_head: bool = True) -> None:
@@ -35,25 +41,37 @@ class ModelBasedAgent(Agent):
     def make_replay(self, capacity: int, seed: int | None) -> None:
         self.replay = SequenceReplay(self.obs_space.shape, self.obs_space.dtype, self.action_dim, capacity, seed=seed)
 
-    # --- exploration --------------------------------------------------------------------------------------
+    # --- actions and exploration ---------------------------------------------------------------------------
+
+    def env_action(self, action: Tensor) -> Tensor:
+        """The agent's action vector -> the env's: int [B] (Discrete), int [B, F] (MultiDiscrete), or the box value."""
+        if self.discrete:
+            return action.argmax(-1)
+        return factor_indices(action, self.nvec) if self.multi_discrete else action
+
+    def action_vector(self, actions: Tensor) -> Tensor:
+        """The env's actions (int [B] or [B, F]) -> the agent's action vector (one-hot per factor)."""
+        if self.discrete:
+            return F.one_hot(actions.long(), self.action_dim).float()
+        return factor_onehots(actions, self.nvec) if self.multi_discrete else actions
 
     def uniform_action(self, n: int, action_mask: Tensor | None) -> Tensor:
-        """Uniform over the valid actions (one-hot) or over the box [-1, 1]."""
-        if self.discrete:
-            logits = torch.zeros(n, self.action_dim, device=self.device)
-            if action_mask is not None:
-                logits = logits.masked_fill(~action_mask.bool(), -torch.inf)
-            return F.one_hot(torch.distributions.Categorical(logits=logits).sample(), self.action_dim).float()
-        return torch.rand(n, self.action_dim, device=self.device) * 2 - 1
+        """Uniform over the valid actions, per factor (one-hots), or over the box [-1, 1]."""
+        if self.continuous:
+            return torch.rand(n, self.action_dim, device=self.device) * 2 - 1
+        return factor_onehots(self.uniform_indices(n, action_mask), self.action_factors)
 
     def explore(self, action: Tensor, action_mask: Tensor | None, noise: float) -> Tensor:
-        """Discrete: a uniform action with probability `noise` (epsilon-greedy). Continuous: Gaussian noise of std
+        """Categorical: each factor replaced by a uniform valid one with probability `noise` (epsilon-greedy; the
+        factors independently, so the exploring policy stays factorised). Continuous: Gaussian noise of std
         `noise`, clipped to the box."""
-        if self.discrete:
-            uniform = self.uniform_action(action.shape[0], action_mask)
-            pick = torch.rand(action.shape[0], 1, device=self.device) < noise
-            return torch.where(pick, uniform, action)
-        return (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        if self.continuous:
+            return (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        uniform = self.uniform_action(action.shape[0], action_mask)
+        pick = torch.rand(action.shape[0], len(self.action_factors), device=self.device) < noise
+        if self.multi_discrete:  # one draw per factor, spread over the factor's one-hot
+            pick = pick.repeat_interleave(torch.tensor(self.action_factors, device=self.device), 1)
+        return torch.where(pick, uniform, action)
 
     # --- checkpoints: the replay goes in only with agent.save_replay ---------------------------------------
 

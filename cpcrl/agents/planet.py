@@ -1,6 +1,11 @@
 """PlaNet (Hafner et al. 2019): learn an RSSM world model from replayed sequences, act by CEM planning
 in its latent space on the prior. No policy, no value function.
 
+Actions: Box (Gaussian CEM), Discrete (categorical CEM) and MultiDiscrete (categorical CEM per factor: an
+independent categorical per step and factor, refit to the elites' frequencies); the RSSM reads the action as a
+one-hot, or the factors' concatenated one-hots. Exploration is epsilon-random per factor; the env's per-factor
+action masks restrict the first planned action (and the random ones).
+
 Schedule, per `train_iteration`: (first) `seed_episodes` episodes of uniform random actions; then
 `collect_interval` model updates on `batch_size` chunks of `seq_len` steps, then `collect_episodes`
 episodes with the planner plus Gaussian exploration noise (epsilon-random actions for discrete envs).
@@ -28,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import II
 from torch import Tensor
 
@@ -36,6 +40,7 @@ from cpcrl.agents.base import AgentConfig
 from cpcrl.agents.model_based import ModelBasedAgent
 from cpcrl.checks import boolean, non_negative, optional_positive, param, positive, positive_int
 from cpcrl.nets.codecs import make_head
+from cpcrl.nets.distributions import factor_indices, factor_onehots
 from cpcrl.objectives.world_model import world_model_loss
 from cpcrl.planning.cem import CEMConfig, cem_categorical, cem_continuous
 
@@ -85,7 +90,7 @@ class PlaNet(ModelBasedAgent):
 
     def initial_state(self, batch_size: int):
         return {"latent": self.rssm.initial(batch_size),
-                # the held action (one-hot if discrete) and env steps left to hold it
+                # the held action (one-hot per factor if categorical) and env steps left to hold it
                 "action": torch.zeros(batch_size, self.action_dim, device=self.device),
                 "countdown": torch.zeros(batch_size, dtype=torch.long, device=self.device)}
 
@@ -93,7 +98,7 @@ class PlaNet(ModelBasedAgent):
     def plan(self, latent: dict[str, Tensor], action_mask: Tensor | None = None) -> Tensor:
         """CEM on the prior from `latent` [B]: one batched rollout of B x candidates sequences per iteration
         (B split into chunks of at most `max_plan_rows` rollouts).
-        Returns the first action of the best sequence belief: [B, A] (one-hot for discrete actions)."""
+        Returns the first action of the best sequence belief: [B, A] (one-hot per factor for categorical actions)."""
         cfg, batch = self.plan_cfg, latent["deter"].shape[0]
         chunk = max(1, self.max_plan_rows // cfg.candidates)
         if batch > chunk:  # many envs (evaluation): bound the memory of one rollout
@@ -112,9 +117,9 @@ class PlaNet(ModelBasedAgent):
                 reward = reward * torch.cat([torch.ones_like(alive[:1]), alive[:-1].cumprod(0)])
             return reward.sum(0).view(batch, cfg.candidates)
 
-        if self.discrete:
-            probs = cem_categorical(score, batch, self.action_dim, cfg, self.device, first_mask=action_mask)
-            return F.one_hot(probs[:, 0].argmax(-1), self.action_dim).float()
+        if not self.continuous:
+            probs = cem_categorical(score, batch, self.action_factors, cfg, self.device, first_mask=action_mask)
+            return factor_onehots(factor_indices(probs[:, 0], self.action_factors), self.action_factors)
         mean, _ = cem_continuous(score, batch, self.action_dim, cfg, self.device)
         return mean[:, 0]
 
@@ -131,6 +136,7 @@ class PlaNet(ModelBasedAgent):
         """Hold the current action for `action_repeat` steps; where a new one is due (or an episode starts)
         filter the observation into the belief and plan (or draw a random action when `random`)."""
         state = self.initial_state(obs.shape[0]) if state is None else state
+        action_mask = self.check_action_mask(action_mask)
         first = is_first.to(self.device, torch.bool)
         due = (first | (state["countdown"] <= 0)).nonzero().squeeze(-1)
         latent, held, countdown = dict(state["latent"]), state["action"].clone(), state["countdown"].clone()
@@ -138,8 +144,8 @@ class PlaNet(ModelBasedAgent):
             post, _ = self.rssm.obs_step({k: v[due] for k, v in latent.items()}, held[due],
                                          self.encoder(obs[due]), first[due], sample=False)
             mask = None if action_mask is None else action_mask[due]
-            if random:  # discrete: epsilon-greedy at epsilon 1 (a uniform action)
-                new = self.explore(held[due], mask, 1.0) if self.discrete else self.uniform_action(len(due), mask)
+            if random:  # categorical: epsilon-greedy at epsilon 1 (a uniform action)
+                new = self.uniform_action(len(due), mask) if self.continuous else self.explore(held[due], mask, 1.0)
             else:
                 t0 = time.perf_counter()
                 new = self.plan(post, mask)
@@ -148,7 +154,7 @@ class PlaNet(ModelBasedAgent):
             latent = {k: v.index_copy(0, due, post[k]) for k, v in latent.items()}
             held, countdown = held.index_copy(0, due, new), countdown.index_fill(0, due, self.cfg.action_repeat)
         state = {"latent": latent, "action": held, "countdown": countdown - 1}
-        return (held.argmax(-1) if self.discrete else held), state
+        return self.env_action(held), state
 
     # --- collecting into the replay ----------------------------------------------------------------------
 

@@ -197,15 +197,6 @@ class PPOLSTM(Agent):
     def _norm(self, obs: Tensor) -> Tensor:
         return obs if self.obs_norm is None else self.obs_norm(obs)
 
-    def _check_mask(self, mask: Tensor | None) -> Tensor | None:
-        if mask is None:
-            return None
-        if self.continuous or mask.shape[-1] != self.action_dim:
-            raise ConfigError(f"the env's action mask has width {mask.shape[-1]} but the action space "
-                              f"{self.action_space} has {self.action_dim} actions" +
-                              (" (masks need a Discrete action space)" if self.continuous else ""))
-        return mask
-
     def dist(self, features: Tensor, mask: Tensor | None = None):
         features = features[..., : self.actor[0].in_features]
         if self.cfg.sde_sample_freq:
@@ -251,16 +242,17 @@ class PPOLSTM(Agent):
         if state is None and self.recurrent:
             state = self.initial_state(obs.shape[0])
         feats, state = self.belief.step(self._norm(obs), state, is_first)
-        dist = self.dist(feats, self._check_mask(action_mask))
+        dist = self.dist(feats, self.check_action_mask(action_mask))
         action = self.sample(dist, 0) if explore else dist.mode
         return self.env_action(action), state
 
     @torch.no_grad()
     def policy_scores(self, obs, state, is_first, action_mask=None):
+        self.discrete_scores_only()
         if state is None and self.recurrent:
             state = self.initial_state(obs.shape[0])
         feats, state = self.belief.step(self._norm(obs), state, is_first)
-        return self.dist(feats, self._check_mask(action_mask)).logits, self.value(feats), state
+        return self.dist(feats, self.check_action_mask(action_mask)).logits, self.value(feats), state
 
     @torch.no_grad()
     def belief_features(self, obs, state, is_first):
@@ -303,7 +295,7 @@ class PPOLSTM(Agent):
                 raw_buf[t] = raw
             obs = self._norm(raw)  # statistics frozen during the rollout, updated once after it
             is_first = collector.tensor(collector.is_first)
-            mask = self._check_mask(collector.tensor(collector.action_mask))
+            mask = self.check_action_mask(collector.tensor(collector.action_mask))
             if mask is not None:
                 if masks is None:
                     masks = torch.ones(T, B, self.action_dim, dtype=torch.bool, device=dev)

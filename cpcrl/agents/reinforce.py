@@ -69,6 +69,7 @@ class Reinforce(Agent):
         return (action.clamp(-1.0, 1.0) if self.continuous else action), state
 
     def policy_scores(self, obs, state, is_first, action_mask=None):
+        self.discrete_scores_only()
         return self.dist(obs, action_mask).logits, None, state
 
     def train_iteration(self, collector) -> dict[str, float]:

@@ -6,7 +6,10 @@ Images `[..., 3, 64, 64]` (uint8 0..255 or float of those values): PlaNet's conv
 Image pixels are modelled in [-0.5, 0.5]; `ConvDecoder.target(obs)` maps observations into that space.
 Encoded observations (Discrete, MultiDiscrete, MultiBinary, Tuple/Dict: `cpcrl.envs.spaces.EncodedBox`) get the
 one-hot decoder with the space's own layout under `decoder.kind=auto`: cross-entropy per one-hot, a unit Gaussian
-for the Box parts.
+for the Box parts. One with image parts (a 3x64x64 uint8 frame inside a Tuple/Dict) is split: `PartsEncoder` reads
+each frame (its slice of the flat vector, reshaped to [3, 64, 64]) with a conv encoder and the other values with
+the MLP encoder, outputs concatenated; `PartsDecoder` predicts each frame with a conv decoder and the other values
+with the MLP decoder, back in the flat layout, so the per-part loss (`onehot_nll`) sums all parts.
 All modules take any number of leading dims.
 """
 
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import torch
 from torch import Tensor, nn
 
 from cpcrl.checks import Params, non_negative_int, one_of, param, positive_int
-from cpcrl.envs.spaces import EncodedBox
+from cpcrl.envs.spaces import IMAGE_SHAPE, EncodedBox, image_slices
 from cpcrl.errors import ConfigError
 from cpcrl.nets.mlp import ACTIVATIONS, mlp
 
@@ -69,6 +73,11 @@ def is_image(space: gym.Space) -> bool:
     return len(space.shape) == 3
 
 
+def pixel_target(obs: Tensor) -> Tensor:
+    """Pixel values 0..255 -> [-0.5, 0.5], the space images are encoded from and reconstructed in (PlaNet)."""
+    return obs.float() / 255.0 - 0.5
+
+
 class MLPEncoder(nn.Module):
     def __init__(self, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu"):
         super().__init__()
@@ -105,7 +114,7 @@ class ConvEncoder(nn.Module):
         self.out_dim = depth * 8 * 2 * 2
 
     def forward(self, obs: Tensor) -> Tensor:
-        return _leading(self.net, obs.float() / 255.0 - 0.5, 3)
+        return _leading(self.net, pixel_target(obs), 3)
 
 
 class ConvDecoder(nn.Module):
@@ -124,7 +133,61 @@ class ConvDecoder(nn.Module):
         return _leading(lambda f: self.net(self.fc(f)), features, 1)
 
     def target(self, obs: Tensor) -> Tensor:
-        return obs.float() / 255.0 - 0.5
+        return pixel_target(obs)
+
+
+class PartsEncoder(nn.Module):
+    """An `EncodedBox` with image parts: each frame's slice, reshaped to [3, 64, 64], through a conv encoder of its
+    own, the other values (gathered in layout order) through one MLP encoder; the outputs concatenated."""
+
+    def __init__(self, obs_space: EncodedBox, enc: EncoderConfig):
+        super().__init__()
+        self.images = image_slices(obs_space)
+        rest = rest_index(obs_space.shape[0], self.images)
+        self.register_buffer("rest", rest, persistent=False)
+        self.convs = nn.ModuleList(ConvEncoder(enc.depth, _activation(enc, True)) for _ in self.images)
+        self.mlp = MLPEncoder(len(rest), enc.hidden, enc.layers, _activation(enc, False)) if len(rest) else None
+        self.out_dim = sum(c.out_dim for c in self.convs) + (self.mlp.out_dim if self.mlp else 0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        out = [conv(obs[..., s].unflatten(-1, IMAGE_SHAPE)) for conv, s in zip(self.convs, self.images)]
+        if self.mlp is not None:
+            out.append(self.mlp(obs.index_select(-1, self.rest)))
+        return torch.cat(out, -1)
+
+
+class PartsDecoder(nn.Module):
+    """features -> the flat prediction of an `EncodedBox` with image parts, in its layout: each frame from a conv
+    decoder of its own (flattened, in the [-0.5, 0.5] pixel space), the other values (one-hot logits, real-value
+    means) from one MLP decoder. `onehot_nll` with the space's parts scores every part."""
+
+    def __init__(self, feature_dim: int, obs_space: EncodedBox, dec: DecoderConfig):
+        super().__init__()
+        self.width, self.images = obs_space.shape[0], image_slices(obs_space)
+        rest = rest_index(self.width, self.images)
+        self.register_buffer("rest", rest, persistent=False)
+        self.convs = nn.ModuleList(ConvDecoder(feature_dim, dec.depth, _activation(dec, True)) for _ in self.images)
+        self.mlp = (MLPDecoder(feature_dim, len(rest), dec.hidden, dec.layers, _activation(dec, False))
+                    if len(rest) else None)
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = features.new_zeros(*features.shape[:-1], self.width)
+        for conv, s in zip(self.convs, self.images):
+            out[..., s] = conv(features).flatten(-3).to(out.dtype)
+        if self.mlp is not None:
+            out = out.index_copy(-1, self.rest, self.mlp(features).to(out.dtype))
+        return out
+
+    def target(self, obs: Tensor) -> Tensor:
+        return obs
+
+
+def rest_index(size: int, images: list[slice]) -> Tensor:
+    """The positions of a flat vector of `size` outside the `images` slices, in order."""
+    keep = torch.ones(size, dtype=torch.bool)
+    for s in images:
+        keep[s] = False
+    return keep.nonzero().squeeze(-1)
 
 
 def check_onehot_groups(obs_space: gym.Space, groups) -> list[tuple[int, int]]:
@@ -145,6 +208,8 @@ def check_onehot_groups(obs_space: gym.Space, groups) -> list[tuple[int, int]]:
 
 
 def make_encoder(obs_space: gym.Space, enc: EncoderConfig) -> nn.Module:
+    if image_slices(obs_space):
+        return PartsEncoder(obs_space, enc)
     if is_image(obs_space):
         if tuple(obs_space.shape) != (3, 64, 64):
             raise ConfigError(f"image observations must be 3x64x64 (channels first), got {obs_space.shape}")
@@ -159,6 +224,12 @@ def make_decoder(obs_space: gym.Space, feature_dim: int, dec: DecoderConfig) -> 
         if dec.kind == "onehot":
             raise ConfigError("world_model.decoder.kind=onehot needs a flat one-hot observation, the env gives images")
         return ConvDecoder(feature_dim, dec.depth, _activation(dec, True)), None
+    if image_slices(obs_space):
+        if dec.kind != "auto":
+            raise ConfigError(f"world_model.decoder.kind={dec.kind}: the observation has an image component "
+                              f"({' '.join(str(obs_space.source).split())[:120]}); valid is decoder.kind=auto (a conv "
+                              "decoder for each image, the space's layout for the rest)")
+        return PartsDecoder(feature_dim, obs_space, dec), [tuple(part) for part in obs_space.parts]
     if dec.kind == "onehot":
         groups = check_onehot_groups(obs_space, dec.onehot_groups)
     elif dec.kind == "auto" and isinstance(obs_space, EncodedBox):

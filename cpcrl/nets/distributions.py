@@ -1,6 +1,9 @@
-"""Action and prediction distributions: masked categorical, tanh-squashed normal, DreamerV3 two-hot.
+"""Action and prediction distributions: masked categorical, factorised categorical (MultiDiscrete actions),
+tanh-squashed normal, DreamerV3 two-hot, straight-through one-hots.
 
-All work on any leading batch shape; the last dim is the action / bin / class dim.
+All work on any leading batch shape; the last dim is the action / bin / class dim. A categorical action of several
+factors (MultiDiscrete `nvec`) is int `[..., F]` for the env and, where a network reads it (world models, the
+previous-action input), the factors' concatenated one-hots `[..., sum(nvec)]`: `factor_onehots` / `factor_indices`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,16 @@ class FactorisedCategorical:
     @property
     def mode(self) -> Tensor:
         return torch.stack([f.mode for f in self.factors], -1)
+
+
+def factor_onehots(indices: Tensor, nvec: list[int]) -> Tensor:
+    """int `[..., F]` (one class per factor) -> the factors' concatenated one-hots `[..., sum(nvec)]`, float."""
+    return torch.cat([F.one_hot(indices[..., i].long(), k) for i, k in enumerate(nvec)], -1).float()
+
+
+def factor_indices(vectors: Tensor, nvec: list[int]) -> Tensor:
+    """`[..., sum(nvec)]` (one-hots, probabilities or scores per factor) -> int `[..., F]`: each factor's argmax."""
+    return torch.stack([v.argmax(-1) for v in vectors.split(nvec, -1)], -1)
 
 
 class TanhNormal:

@@ -23,8 +23,9 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from cpcrl.checks import Params, non_negative, one_of, param, positive, positive_int, unit_interval
+from cpcrl.envs.spaces import IMAGE
 from cpcrl.errors import ConfigError
-from cpcrl.nets.codecs import DecoderConfig, EncoderConfig, HeadConfig
+from cpcrl.nets.codecs import DecoderConfig, EncoderConfig, HeadConfig, pixel_target
 from cpcrl.nets.mlp import ACTIVATIONS
 from cpcrl.nets.rssm import KINDS, RSSM, State, detach_state, map_state
 
@@ -120,12 +121,15 @@ def onehot_nll(logits: Tensor, target: Tensor, groups: list[tuple[int, int]]) ->
 
     logits, target `[..., sum(n * k)]`; each group of n one-hots of k classes is a softmax per one-hot.
     An all-zero target row (no past action yet) contributes 0. A group `(d, 0)` is d real values (the Box parts
-    of an encoded Tuple/Dict observation, `cpcrl.envs.spaces`): `gaussian_nll`. Returns `[...]` (summed over groups).
+    of an encoded Tuple/Dict observation, `cpcrl.envs.spaces`): `gaussian_nll`; a group `(d, IMAGE)` one frame's d
+    pixels (0..255), predicted in [-0.5, 0.5] (`PartsDecoder`): `gaussian_nll` there, as for a plain image.
+    Returns `[...]` (summed over groups).
     """
     total, start = 0.0, 0
     for n, k in groups:
-        if k == 0:
-            total = total + gaussian_nll(logits[..., start:start + n].float(), target[..., start:start + n])
+        if k in (0, IMAGE):
+            piece = target[..., start:start + n]
+            total = total + gaussian_nll(logits[..., start:start + n].float(), pixel_target(piece) if k else piece)
             start += n
             continue
         lg = logits[..., start:start + n * k].unflatten(-1, (n, k))

@@ -6,11 +6,13 @@ rollout of B*N latent trajectories), and refits the belief to the `top_k` best.
 
 Continuous actions in [-1, 1]: a diagonal Gaussian per (step, dim), samples clipped to the box.
 Discrete actions: a categorical per step (candidates are one-hot), refit to the elite frequencies.
+MultiDiscrete actions: an independent categorical per (step, factor) (candidates are the factors' concatenated
+one-hots), each refit to its elite frequencies: the Discrete case once per factor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,29 +59,37 @@ def cem_continuous(score: Score, batch: int, action_dim: int, cfg: CEMConfig, de
     return mean, std
 
 
-def cem_categorical(score: Score, batch: int, num_actions: int, cfg: CEMConfig, device=None,
+def cem_categorical(score: Score, batch: int, num_actions: int | Sequence[int], cfg: CEMConfig, device=None,
                     first_mask: Tensor | None = None, smoothing: float = 0.01,
                     generator: torch.Generator | None = None) -> Tensor:
     """-> probs `[B, H, A]` of the final belief; act with `probs[:, 0].argmax(-1)`.
 
-    `first_mask` (bool `[B, A]`) restricts the first action to the legal ones (later steps are imagined,
-    where the mask is unknown). `smoothing` mixes in a little uniform so no action dies out for good."""
-    probs = torch.full((batch, cfg.horizon, num_actions), 1.0 / num_actions, device=device)
+    `num_actions`: A, or the classes per factor (a MultiDiscrete nvec; A = sum(nvec), each factor's slice of
+    `probs` a distribution of its own: act with each slice's argmax). `first_mask` (bool `[B, A]`, per factor)
+    restricts the first action to the legal ones (later steps are imagined, where the mask is unknown).
+    `smoothing` mixes in a little uniform (per factor) so no action dies out for good."""
+    factors = [num_actions] if isinstance(num_actions, int) else [int(k) for k in num_actions]
+    width = sum(factors)
+    probs = torch.cat([torch.full((batch, cfg.horizon, k), 1.0 / k, device=device) for k in factors], -1)
     mask = None if first_mask is None else first_mask.to(torch.bool)
+
+    def per_factor(fn, x: Tensor) -> Tensor:  # fn(factor's slice, its classes) on each factor, concatenated
+        return torch.cat([fn(part, k) for part, k in zip(x.split(factors, -1), factors)], -1)
 
     def legal(p: Tensor) -> Tensor:
         if mask is None:
             return p
-        first = p[:, 0] * mask
-        return torch.cat([(first / first.sum(-1, keepdim=True)).unsqueeze(1), p[:, 1:]], 1)
+        first = per_factor(lambda f, k: f / f.sum(-1, keepdim=True), p[:, 0] * mask)
+        return torch.cat([first.unsqueeze(1), p[:, 1:]], 1)
+
+    def draw(p: Tensor, k: int) -> Tensor:  # one-hot candidates [B, N, H, k] of one factor
+        index = torch.multinomial(p.reshape(-1, k), cfg.candidates, replacement=True, generator=generator)  # [B*H, N]
+        return F.one_hot(index.view(batch, cfg.horizon, cfg.candidates).transpose(1, 2), k).float()
 
     probs = legal(probs)
     for _ in range(cfg.iterations):
-        index = torch.multinomial(probs.reshape(-1, num_actions), cfg.candidates, replacement=True,
-                                  generator=generator)                                   # [B*H, N]
-        index = index.view(batch, cfg.horizon, cfg.candidates).transpose(1, 2)          # [B, N, H]
-        candidates = F.one_hot(index, num_actions).float()                              # [B, N, H, A]
+        candidates = per_factor(draw, probs)                                             # [B, N, H, A]
         elite = score(candidates).topk(cfg.top_k, dim=1).indices
-        elites = candidates.gather(1, elite[:, :, None, None].expand(-1, -1, cfg.horizon, num_actions))
-        probs = legal((1 - smoothing) * elites.mean(1) + smoothing / num_actions)
+        elites = candidates.gather(1, elite[:, :, None, None].expand(-1, -1, cfg.horizon, width))
+        probs = legal(per_factor(lambda f, k: (1 - smoothing) * f + smoothing / k, elites.mean(1)))
     return probs
