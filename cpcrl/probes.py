@@ -5,8 +5,10 @@ env's hidden state and the steps since the episode start. Decoders fitted on som
 held-out ones (episodes are split, never steps: steps of one episode are alike).
 
 Targets (the env contract, `cpcrl.envs`): `info["true_state"]` float [N, D] (continuous: cartpole_pomdp's and
-pendulum_pomdp's unmasked state, the T-maze's cue as +-1, the cube's sticker one-hots) and `info["true_class"]`
-int [N, C] (categorical: the T-maze's cue 0 up / 1 down, the cube's 24 sticker colours).
+pendulum_pomdp's unmasked state, the T-maze's cue as +-1, the cube's sticker one-hots, POPGym's CountRecall counts
+and its cartpole / pendulum states) and `info["true_class"]` int [N, C] (categorical: the T-maze's cue 0 up / 1 down,
+the cube's 24 sticker colours, POPGym's RepeatPrevious / RepeatFirst card due and CountRecall answer due;
+`cpcrl.envs.popgym_state`).
 
 Decoders, each fitted on standardised features X (train mean and std; [S, F]) of the train episodes:
 
@@ -128,10 +130,13 @@ def with_action(agent, state, action: torch.Tensor):
 # --- the decoders --------------------------------------------------------------------------------------------------
 
 def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both sets scaled by the train set's mean and std (constant features: std 1)."""
+    """Both sets scaled by the train set's mean and std (constant features: std 1), the test set clipped to the
+    train set's range: a feature nearly constant on the fit episodes (a saturated unit) would otherwise reach the
+    held-out rows scaled by ~1e8 and a linear probe's R^2 there by ~-1e9, which measures the scaling, not the belief."""
     mean, std = train.mean(0), train.std(0)
     std = np.where(std > 1e-8, std, 1.0)
-    return (train - mean) / std, (test - mean) / std
+    train, test = (train - mean) / std, (test - mean) / std
+    return train, np.clip(test, train.min(0), train.max(0))
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float):

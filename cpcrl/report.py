@@ -18,6 +18,12 @@ task), the probability of improvement for every pair of configs (or each against
 --pair's named), a performance profile and an IQM sample-efficiency curve (CI bands), beside a per-task table.
 --threshold then applies to the normalised score. Writes report.md, report.csv (per config and task),
 report_aggregates.csv, report_improvement.csv and the PNGs next to the runs; --wandb pushes them to one run.
+
+Belief probes (cpcrl.probes): where runs logged `probe/*` (eval.probe=true) or hold a probe.json (mode=probe), a
+probe table per config (and task): each probe score's final value per run, by the same definition as the metric's
+(the mean over the last K evaluations; a probe.json is one measurement on the final checkpoint, read as is), its
+mean with a 95% bootstrap CI over seeds for the belief and for each control (`probe_<control>/`: random, obs),
+next to the final metric; in report.md and report_probes.csv (which also has the per-time scores).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import csv
 import itertools
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -104,8 +111,16 @@ def load_run(run: Path) -> dict:
     suite = None
     if "\nsuite:" in config_text:  # parse the config only when the run was made with suite=
         suite = _clean_suite(yaml.load(config_text, Loader=Loader)["suite"])
+    probe_file = find_probe_json(run)
     return {"dir": run, "overrides": pairs, "summary": json.loads((run / "summary.json").read_text()),
-            "rows": rows, "suite": suite, "config_file": config_file}
+            "rows": rows, "suite": suite, "config_file": config_file,
+            "probe_json": json.loads(probe_file.read_text()) if probe_file else None}
+
+
+def find_probe_json(run: Path) -> Path | None:
+    """The run's newest mode=probe result: <run>/probe/<time>/probe.json (time names sort), else <run>/probe.json."""
+    found = sorted((run / "probe").glob("*/probe.json")) or [p for p in [run / "probe.json"] if p.exists()]
+    return found[-1] if found else None
 
 
 def final_score(run: dict, metric: str, last_k: int = LAST_K) -> float | None:
@@ -238,6 +253,76 @@ def improvement_table(scores: dict[str, dict[str, np.ndarray]], pairs: list[tupl
                 reps)
             row |= {"p": float(point), "p_low": float(low), "p_high": float(high)}
         table.append(row)
+    return table
+
+
+# probes.py's metric names: probe/<score> (the probed belief), probe_<control>/<score> (a control on the same steps)
+PROBE_KEY = re.compile(r"^probe(?:_(?P<control>[a-z0-9]+))?/(?P<score>.+)$")
+BELIEF = "belief"
+PROBE_ORIGINS = ("metrics.jsonl", "probe.json")  # eval.probe=true's rows, mode=probe's file
+PER_DIM = re.compile(r"^(?:state|class)(\d+)_")  # state<d>_r2, class<c>_acc: one score per dim / column
+PER_TIME = re.compile(r"_t(\d+)$")  # class_acc_t<t>: one score per step since the start (report_probes.csv only)
+
+
+def split_probe_key(key: str) -> tuple[str, str] | None:
+    """`probe/<score>` -> ("belief", score), `probe_<control>/<score>` -> (control, score); None for any other key
+    and for `probe/samples` (a count of steps, not a score)."""
+    match = PROBE_KEY.match(key)
+    if match is None or match["score"] == "samples":
+        return None
+    return match["control"] or BELIEF, match["score"]
+
+
+def run_probe_scores(run: dict, last_k: int) -> dict[str, dict[tuple[str, str], float]]:
+    """origin -> {(belief or control, score): the run's final value}: from metrics.jsonl by `final_score` (the
+    mean over the last `last_k` evaluations), from probe.json its values."""
+    logged = dict.fromkeys([k for r in run["rows"] for k in r] + list(run["summary"]))  # probes' order: belief first
+    out: dict[str, dict[tuple[str, str], float]] = {origin: {} for origin in PROBE_ORIGINS}
+    for key in logged:
+        name = split_probe_key(key)
+        value = final_score(run, key, last_k) if name else None
+        if value is not None and np.isfinite(value):
+            out["metrics.jsonl"][name] = value
+    for key, value in (run["probe_json"] or {}).items():
+        name = split_probe_key(key)
+        if name and isinstance(value, (int, float)) and np.isfinite(value):
+            out["probe.json"][name] = float(value)
+    return out
+
+
+def _score_order(score: str) -> tuple:
+    """Summary scores first (state_r2, state_r2_mlp, class_acc, ...), then per dim / column, then per time, each
+    numerically."""
+    for group, pattern in ((2, PER_TIME), (1, PER_DIM)):
+        match = pattern.search(score)
+        if match:
+            return group, score[:match.start(1)] + score[match.end(1):], int(match[1])
+    return 0, score, -1
+
+
+def probe_table(cells: dict[tuple[str, str], list[dict]], tasks_table: list[dict], suite: dict | None,
+                last_k: int) -> list[dict]:
+    """One row per (config, task, origin, probe score): the mean over seeds of the runs' final values with a 95%
+    bootstrap CI, for the belief and each control, beside the config's final metric (from `tasks_table`)."""
+    metric_of = {(r["config"], r.get("task", "-")): r for r in tasks_table}
+    table = []
+    for (label, task), runs in cells.items():
+        per_run = [run_probe_scores(r, last_k) for r in runs]
+        final = metric_of[(label, task)]
+        for origin in PROBE_ORIGINS:
+            names = list(dict.fromkeys(name for p in per_run for name in p[origin]))
+            sources = list(dict.fromkeys(c for c, _ in names))
+            for score in sorted({s for _, s in names}, key=_score_order):
+                row = {"config": label} | ({"task": task} if suite else {}) | {"from": origin, "score": score}
+                row["seeds"] = sum(any((source, score) in p[origin] for source in sources) for p in per_run)
+                if "mean" in final:
+                    row |= {"final_metric": final["mean"], "final_metric_low": final["ci_low"],
+                            "final_metric_high": final["ci_high"]}
+                for source in sources:
+                    values = [p[origin][(source, score)] for p in per_run if (source, score) in p[origin]]
+                    if values:
+                        row[source], row[f"{source}_low"], row[f"{source}_high"] = bootstrap_ci(values)
+                table.append(row)
     return table
 
 
@@ -388,9 +473,30 @@ def task_columns(suite: dict | None) -> list[tuple[str, str]]:
     return [c for c in TASK_COLUMNS if suite or c[0] not in ("task", "normalised")]
 
 
+def probe_columns(probes: list[dict], suite: dict | None) -> list[tuple[str, str]]:
+    """(key, head) of the probe table: the belief, then each control, in the order cpcrl.probes logs them."""
+    sources = list(dict.fromkeys(k for r in probes for k in r if f"{k}_low" in r and k != "final_metric"))
+    return ([("config", "config")] + ([("task", "task")] if suite else []) +
+            [("from", "from"), ("score", "probe score"), ("seeds", "seeds"),
+             ("final_metric", "final {metric} (95% CI)")] + [(c, f"{c} (95% CI)") for c in sources])
+
+
+def probe_cells(probes: list[dict], cols: list[tuple[str, str]]) -> list[list[str]]:
+    """The rows shown (per-time scores only in report_probes.csv), the final metric once per config and task."""
+    shown, last = [], None
+    for r in probes:
+        if PER_TIME.search(r["score"]):
+            continue
+        cell = (r["config"], r.get("task"))
+        shown.append([("" if cell == last else _ci(r, k)) if k == "final_metric" else
+                      _ci(r, k, ".3f") if f"{k}_low" in r else str(r.get(k, "-")) for k, _ in cols])
+        last = cell
+    return shown
+
+
 def write_report(out: Path, metric: str, threshold: float | None, last_k: int, suite: dict | None,
                  tasks_table: list[dict], aggregates: list[dict], improvement: list[dict], images: list[str],
-                 notes: list[str]) -> None:
+                 notes: list[str], probes: list[dict]) -> None:
     cols = task_columns(suite)
     lines = ["# cpcrl report", ""]
     lines.append(f"Final score of a run: the mean of `{metric}` over its last {last_k} evaluations "
@@ -413,9 +519,21 @@ def write_report(out: Path, metric: str, threshold: float | None, last_k: int, s
     lines += ["", "## Per task" if suite else "## Per config", ""]
     lines += _md_table([h.format(metric=metric, threshold=threshold) for _, h in cols],
                        [[_fmt(r, k) for k, _ in cols] for r in tasks_table])
+    if probes:
+        pcols = probe_columns(probes, suite)
+        lines += ["", "## Belief probes", "",
+                  f"Held-out probe scores (`cpcrl.probes`): R^2 (`*_r2`) or accuracy (`*_acc`) of a decoder from the "
+                  "belief to the env's hidden state; `random` is a randomly initialised agent of the same architecture "
+                  "and `obs` the raw observation, probed on the same steps. From metrics.jsonl (eval.probe=true): a "
+                  f"run's final value is the mean over its last {last_k} evaluations, as for `{metric}`; from "
+                  "probe.json (mode=probe): its values. Mean over seeds with a 95% bootstrap CI; the per-time scores "
+                  "are in report_probes.csv.", ""]
+        lines += _md_table([h.format(metric=metric) for _, h in pcols], probe_cells(probes, pcols))
     lines += [""] + [f"- {n}" for n in notes] + [""] + [f"![{Path(i).stem}]({i})" for i in images]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _write_csv(out / "report.csv", tasks_table)
+    if probes:
+        _write_csv(out / "report_probes.csv", probes)
     if aggregates:
         _write_csv(out / "report_aggregates.csv", aggregates)
     if improvement:
@@ -529,9 +647,12 @@ def report(args: argparse.Namespace) -> tuple[Path, dict]:
                                            if final_score(r, metric, args.last_k) is not None])}
                   for label, g in groups.items()}
         improvement = improvement_table(scores, improvement_pairs(labels, args.baseline, args.pair), args.reps)
-    write_report(out, metric, args.threshold, args.last_k, suite, tasks_table, aggregates, improvement, images, notes)
+    probes = probe_table(cells, tasks_table, suite, args.last_k)
+    write_report(out, metric, args.threshold, args.last_k, suite, tasks_table, aggregates, improvement, images, notes,
+                 probes)
     (out / "report_curves.json").write_text(json.dumps(curves))
-    return out, {"tables": {"table": tasks_table, "aggregates": aggregates, "improvement": improvement},
+    return out, {"tables": {"table": tasks_table, "aggregates": aggregates, "improvement": improvement,
+                            "probes": probes},
                  "images": images, "notes": notes, "suite": suite, "metric": metric, "runs": len(runs),
                  "configs": len(groups)}
 
@@ -564,6 +685,15 @@ def print_report(out: Path, result: dict, threshold: float | None) -> None:
     for r in tables["table"]:
         t.add_row(*(_fmt(r, k) for k, _ in cols))
     console.print(t)
+    if tables["probes"]:
+        pcols = probe_columns(tables["probes"], suite)
+        t = Table(title="belief probes (held-out; final value per run, mean and 95% CI over seeds)",
+                  header_style="bold")
+        for _, head in pcols:
+            t.add_column(head.format(metric=metric))
+        for cells in probe_cells(tables["probes"], pcols):
+            t.add_row(*cells)
+        console.print(t)
     for note in result["notes"]:
         console.print(f"note: {note}")
     console.print(f"wrote {out / 'report.md'}, report*.csv, {', '.join(result['images'])}")

@@ -20,6 +20,7 @@ from cpcrl.probes import (
     random_control,
     ridge_fit,
     split_episodes,
+    standardise,
 )
 from tests.conftest import composed_agent, composed_cfg
 
@@ -212,9 +213,12 @@ def test_trained_ppo_lstm_belief_beats_the_obs_on_the_tmaze(one_thread):
 
 def test_cli_eval_probe_logs_probe_rows_and_mode_probe_writes_probe_json(tmp_path):
     """`eval.probe=true` puts probe/* next to eval/* in metrics.jsonl at every evaluation; `mode=probe` on the run
-    writes probe.json (with both controls) and probe.png; bad probe keys are one line."""
+    writes probe.json (with both controls) and probe.png; bad probe keys are one line; cpcrl-report's probe table
+    holds this run's final probe scores (the mean over its last 3 evaluations, as the return's) and probe.json's."""
+    import csv
     import json
 
+    from cpcrl.report import main as report_main
     from tests.conftest import cpcrl
 
     cpcrl("agent=ppo_lstm", "env=tmaze", "train.total_steps=2048", "eval.every=1024", "eval.episodes=8",
@@ -231,3 +235,126 @@ def test_cli_eval_probe_logs_probe_rows_and_mode_probe_writes_probe_json(tmp_pat
     assert (out.parent / "probe.png").stat().st_size > 0
     bad = cpcrl("mode=probe", "checkpoint=run", "probe.train_fraction=1.5", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "cpcrl: error: probe.train_fraction=1.5: must be in (0, 1]"
+    assert report_main([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    rows = {(r["from"], r["score"]): r for r in csv.DictReader(open(tmp_path / "report" / "report_probes.csv"))}
+    logged = rows[("metrics.jsonl", "class_acc")]
+    assert float(logged["belief"]) == pytest.approx(np.mean([r["probe/class_acc"] for r in evals]))  # both evals
+    assert float(logged["random"]) == pytest.approx(np.mean([r["probe_random/class_acc"] for r in evals]))
+    assert float(logged["final_metric"]) == pytest.approx(np.mean([r["eval/return_mean"] for r in evals]))
+    probed = rows[("probe.json", "class_acc")]
+    assert [float(probed[k]) for k in ("belief", "random", "obs")] == pytest.approx(
+        [result["probe/class_acc"], result["probe_random/class_acc"], result["probe_obs/class_acc"]])
+    assert float(rows[("probe.json", "class_acc_t3")]["belief"]) == pytest.approx(result["probe/class_acc_t3"])
+
+
+# --- POPGym's hidden state (cpcrl/envs/popgym_state.py) ------------------------------------------------------------
+
+def _popgym(name: str):
+    """A POPGym task instance from popgym.envs, with its hidden state in info."""
+    pytest.importorskip("popgym")
+    import popgym.envs
+
+    from cpcrl.envs.popgym_state import PopgymHiddenState
+
+    return PopgymHiddenState(getattr(popgym.envs, name)())
+
+
+def test_popgym_repeat_previous_target_is_the_card_its_reward_reads():
+    """Checked against the dealt cards as observed (not the env's internals): the suit observed k - 1 steps before
+    the current card, 4 before k cards are out; answering it is rewarded, any other suit penalised."""
+    env = _popgym("RepeatPreviousEasy")
+    k = env.unwrapped.k
+    obs, info = env.reset(seed=0)
+    seen, rng, done, steps = [obs], np.random.default_rng(0), False, 0
+    while not done:
+        due = int(info["true_class"][0])
+        assert due == (seen[-k] if len(seen) >= k else 4)
+        if due < 4:  # popgym's own state: its last k cards, the due one first
+            assert due == env.unwrapped.get_state()[0][0]
+        if due == 4:
+            action = int(rng.integers(4))
+        else:  # mostly the answer, every third step a wrong suit
+            action = due if steps % 3 else (due + 1) % 4
+        obs, reward, done, _, info = env.step(action)
+        assert np.sign(reward) == (0 if due == 4 else 1 if action == due else -1)
+        seen.append(obs)
+        steps += 1
+    assert steps == 51 and info["true_class"].dtype == np.int64
+
+
+def test_popgym_repeat_first_target_is_the_first_card_of_each_episode():
+    env = _popgym("RepeatFirstEasy")
+    for seed in (0, 1, 2):
+        first, info = env.reset(seed=seed)
+        done = False
+        while not done:
+            assert info["true_class"].tolist() == [first]
+            _, reward, done, _, info = env.step(int(info["true_class"][0]))
+            assert reward > 0  # the target is the answer
+
+
+def test_popgym_count_recall_targets_are_the_running_counts_of_the_observed_cards():
+    env = _popgym("CountRecallEasy")  # 2 values (colours), 26 cards of each
+    obs, info = env.reset(seed=0)
+    tally, done = np.zeros(2), False
+    tally[obs[0]] += 1
+    while not done:
+        assert np.array_equal(info["true_state"], tally)               # counted from the observations
+        assert info["true_class"].tolist() == [int(tally[obs[1]])]     # the count of the queried value
+        obs, reward, done, _, info = env.step(int(info["true_class"][0]))
+        assert reward > 0                                              # it is the rewarded answer
+        tally[obs[0]] += 1
+    assert tally.sum() == 52 and info["true_state"].dtype == np.float32
+
+
+@pytest.mark.parametrize("name, observed", [("PositionOnlyCartPoleEasy", [0, 2]),
+                                            ("PositionOnlyPendulumEasy", [0, 1])])
+def test_popgym_control_targets_are_the_physical_state(name, observed):
+    env = _popgym(name)
+    obs, info = env.reset(seed=0)
+    for _ in range(40):
+        physical = np.asarray(env.unwrapped.state if "CartPole" in name else env.unwrapped._state, np.float32)
+        assert np.array_equal(info["true_state"], physical) and np.allclose(info["true_state"][observed], obs)
+        obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, info = env.reset()
+
+
+def test_popgym_hidden_state_through_the_factory_and_the_probes(one_thread):
+    """Vectorised and encoded as `make_gym_env` makes it: after an autoreset the target is the new episode's; tasks
+    without a target keep popgym's own id; the probes record every step of it."""
+    pytest.importorskip("popgym")
+    from cpcrl.envs.popgym_state import PopgymHiddenState, hidden_state_env_id
+
+    assert hidden_state_env_id("MineSweeperEasy") == "popgym-MineSweeperEasy-v0"
+    with pytest.raises(ValueError, match="MineSweeperEasy has no hidden-state target"):
+        PopgymHiddenState(gym.make("popgym-MineSweeperEasy-v0"))
+    envs = make_gym_env(hidden_state_env_id("RepeatFirstEasy"), 3)
+    obs, info = envs.reset(seed=0)
+    first = obs.argmax(1)  # the encoded Discrete(4) observation: a one-hot
+    restarted = 0
+    for _ in range(60):
+        assert np.array_equal(info["true_class"][:, 0], first)
+        obs, _, terminated, truncated, info = envs.step(np.zeros(3, dtype=np.int64))
+        done = terminated | truncated
+        first = np.where(done, obs.argmax(1), first)
+        restarted += int(done.sum())
+    assert restarted == 3  # 51 steps an episode: each env restarted once
+    agent = composed_agent(envs.single_observation_space, envs.single_action_space, "agent=random")
+    data = collect(agent, envs, 6, seed=0)
+    assert len(data.time) == 6 * 51 and data.true_class.shape == (6 * 51, 1)  # 51 acting steps an episode
+    assert np.array_equal(data.true_class[data.time == 0, 0], data.features["obs"][data.time == 0].argmax(1))
+    assert 0.0 <= probe_data(data, mlp_steps=0)["probe_obs/class_acc"] <= 1.0
+
+
+def test_a_feature_nearly_constant_on_the_fit_rows_cannot_wreck_the_held_out_r2():
+    """A saturated unit (std 1e-9 on the fit rows, O(1) on the held-out ones) is scaled by ~1e9 without the clip
+    to the fit range; with it the ridge probe still recovers y = 2 x from the informative feature."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 1))
+    near_constant = np.concatenate([1e-9 * rng.normal(size=(300, 1)), rng.normal(size=(100, 1))])
+    features, y = np.concatenate([x, near_constant], 1), 2 * x
+    x_train, x_test = standardise(features[:300], features[300:])
+    assert np.abs(x_test[:, 1]).max() <= np.abs(x_train[:, 1]).max() + 1e-12
+    r2 = r2_per_dim(y[300:], ridge_fit(x_train, y[:300], 1e-3)(x_test))
+    assert r2[0] > 0.99

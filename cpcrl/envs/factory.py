@@ -99,4 +99,5 @@ def make_popgym_env(task: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
         raise ConfigError(f"env=popgym needs the popgym package, which is not installed: {POPGYM_EXTRA}") from None
     tasks = sorted(k[len("popgym-"):-len("-v0")] for k in gym.registry if k.startswith("popgym-"))
     choice("env.task", task, tasks)
-    return make_gym_env(f"popgym-{task}-v0", num_envs, **kwargs)
+    from cpcrl.envs.popgym_state import hidden_state_env_id  # imports popgym's task classes: only past the check above
+    return make_gym_env(hidden_state_env_id(task), num_envs, **kwargs)
