@@ -263,9 +263,21 @@ def run(cfg: DictConfig) -> float | None:
     return result.get("eval/return_mean")
 
 
+# Hydra's mutually exclusive modes (it raises a bare ValueError for two of them)
+HYDRA_MODES = {"--multirun": "-m", "--cfg": "-c", "--info": "-i", "--shell-completion": "-sc", "--run": "-r"}
+
+
+def _check_one_hydra_mode(args: list[str]) -> None:
+    given = [long for long, short in HYDRA_MODES.items() if any(a.split("=", 1)[0] in (long, short) for a in args)]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} cannot be combined: give one of "
+                          f"{', '.join(f'{long} ({short})' for long, short in HYDRA_MODES.items())}")
+
+
 def main() -> None:
     args = sys.argv[1:]
     try:
+        _check_one_hydra_mode(args)
         args = _rewrite_args(args)
         if not any(a.split("=", 1)[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
             args = _prepare_run_dir(args, _compose_checks(args))

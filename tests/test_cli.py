@@ -361,3 +361,11 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_two_hydra_modes_are_one_line(tmp_path):
+    """Hydra raises a bare ValueError (a traceback) for `-m --cfg job`; cpcrl says which two and what is valid."""
+    proc = cpcrl("-m", "agent=random", "--cfg", "job", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--multirun and --cfg cannot be combined" in proc.stderr and "--info (-i)" in proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
