@@ -131,12 +131,14 @@ def with_action(agent, state, action: torch.Tensor):
 
 def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both sets scaled by the train set's mean and std (constant features: std 1), the test set clipped to the
-    train set's range: a feature nearly constant on the fit episodes (a saturated unit) would otherwise reach the
-    held-out rows scaled by ~1e8 and a linear probe's R^2 there by ~-1e9, which measures the scaling, not the belief."""
+    train set's range widened by that range on each side: a feature nearly constant on the fit episodes (a
+    saturated unit) would otherwise reach the held-out rows scaled by ~1e8 and a linear probe's R^2 there by ~-1e9,
+    which measures the scaling, not the belief; the margin leaves ordinary extrapolation alone."""
     mean, std = train.mean(0), train.std(0)
     std = np.where(std > 1e-8, std, 1.0)
     train, test = (train - mean) / std, (test - mean) / std
-    return train, np.clip(test, train.min(0), train.max(0))
+    low, high = train.min(0), train.max(0)
+    return train, np.clip(test, 2 * low - high, 2 * high - low)
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float):

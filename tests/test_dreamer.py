@@ -167,3 +167,53 @@ def test_bf16_autocast_update(version):
     while "loss/model" not in metrics:
         metrics = agent.train_iteration(collector)
     assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_v3_nets_are_dreamerv3s_and_v1s_are_plain():
+    """v3: every hidden Linear of every net (encoder, RSSM, decoder, reward, continue, actor, critic) is bias-free and
+    followed by LayerNorm(eps 1e-3) -> SiLU, the GRU is the normalised cell; v1: no norm, ELU, nn.GRUCell."""
+    from torch import nn
+
+    from cpcrl.nets.rssm import LayerNormGRUCell
+    envs = make_gym_env("CartPole-v1", 1)
+    v3, v1 = tiny_agent(envs, "v3"), tiny_agent(envs, "v1")
+    nets = ("encoder", "rssm", "decoder", "reward_head", "continue_head", "actor", "critic")
+    hidden = 0
+    for name in nets:
+        for seq in (m for m in getattr(v3, name).modules() if isinstance(m, nn.Sequential)):
+            layers = list(seq)
+            for i, layer in enumerate(layers[:-1]):
+                if isinstance(layer, nn.Linear):
+                    hidden += 1
+                    assert layer.bias is None and isinstance(layers[i + 1], nn.LayerNorm), (name, i)
+                    assert layers[i + 1].eps == 1e-3 and isinstance(layers[i + 2], nn.SiLU), (name, i)
+    assert hidden == 3 + 6  # the RSSM's input, prior, posterior; 1 each in the others (TINY: 1 layer)
+    assert isinstance(v3.rssm.gru, LayerNormGRUCell) and v3.decoder.mse_scale == 1.0
+    assert not any(isinstance(m, (nn.LayerNorm, nn.SiLU)) for name in nets for m in getattr(v1, name).modules())
+    assert isinstance(v1.rssm.gru, nn.GRUCell) and v1.decoder.mse_scale == 0.5
+    # Adam eps: the world model 1e-8 (DreamerV3 2023), actor and critic 1e-5; v1 1e-7 for all
+    eps = {k: opt.param_groups[0]["eps"] for k, opt in v3.optimizers.items()}
+    assert eps == {"model": 1e-8, "actor": 1e-5, "critic": 1e-5}
+    assert {opt.param_groups[0]["eps"] for opt in v1.optimizers.values()} == {1e-7}
+    # one key turns a v3 norm off everywhere
+    off = tiny_agent(envs, "v3", None, "world_model.norm=none")
+    assert not any(isinstance(m, nn.LayerNorm) for name in nets if name != "rssm"
+                   for m in getattr(off, name).modules())
+
+
+def test_terminal_imagination_starts_weigh_zero_in_v3():
+    from cpcrl.objectives.actor_critic import imagination_weights
+    continues = torch.tensor([[9.0, 9.0], [0.5, 1.0], [1.0, 0.25], [1.0, 1.0]])   # [H+1, N], row 0 unused
+    torch.testing.assert_close(imagination_weights(continues, 0.5),
+                               torch.tensor([[1.0, 1.0], [0.25, 0.5], [0.125, 0.0625]]))   # v1: w_0 = 1
+    start = torch.tensor([0.0, 1.0])   # 1 - is_terminal: the first start is terminal
+    torch.testing.assert_close(imagination_weights(continues, 0.5, start),
+                               torch.tensor([[0.0, 1.0], [0.0, 0.5], [0.0, 0.0625]]))
+    # in the agent: a batch whose every state is terminal trains neither actor nor critic (v3), but does in v1
+    envs = make_gym_env("CartPole-v1", 2)
+    for version, zero in (("v3", True), ("v1", False)):
+        agent = tiny_agent(envs, version)
+        post = trained_batch(agent, envs)
+        terminal = torch.ones(post["deter"].shape[:2])
+        actor_loss, critic_loss, _ = agent.behaviour_loss(post, terminal)
+        assert (actor_loss.item() == 0.0 and critic_loss.item() == 0.0) == zero, version

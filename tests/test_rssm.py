@@ -100,3 +100,58 @@ def test_mode_is_deterministic():
 def test_bad_kind():
     with pytest.raises(ConfigError, match="world_model.kind='beta': valid are gaussian, categorical"):
         WorldModelConfig(name="rssm_beta", kind="beta")
+
+
+# --- DreamerV3's normalised GRU (2023 code = sheeprl 0.8.4 LayerNormGRUCell) and the normed input/prior/post nets --
+
+def test_layernorm_gru_one_step_by_hand():
+    import math
+
+    from cpcrl.nets.rssm import LayerNormGRUCell
+    cell = LayerNormGRUCell(1, 1)  # x [N, 1], h [N, 1]: Linear([h, x] -> 3, no bias), LayerNorm over the 3
+    with torch.no_grad():
+        cell.linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))  # rows: reset, cand, update
+    h, x = 0.5, -1.0
+    z = [h, x, h + x]                                   # W [h, x] = [0.5, -1, -0.5]
+    mean = sum(z) / 3
+    var = sum((v - mean) ** 2 for v in z) / 3           # biased, as LayerNorm; eps 1e-3 (DreamerV3's)
+    r, c, u = [(v - mean) / math.sqrt(var + 1e-3) for v in z]
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))          # noqa: E731
+    r, u = sigmoid(r), sigmoid(u - 1)
+    c = math.tanh(r * c)
+    want = u * c + (1 - u) * h
+    out = cell(torch.tensor([[x]]), torch.tensor([[h]]))
+    assert out.item() == pytest.approx(want, rel=1e-6)
+    assert cell.linear.bias is None and cell.norm.eps == 1e-3
+
+
+def test_layernorm_gru_update_gate_is_biased_to_keep_the_state():
+    from cpcrl.nets.rssm import LayerNormGRUCell
+    cell = LayerNormGRUCell(3, 4)
+    with torch.no_grad():
+        cell.linear.weight.zero_()   # LayerNorm(0) = its shift = 0: r = 0.5, c = tanh(0) = 0, u = sigmoid(0 - 1)
+    h = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    out = cell(torch.randn(1, 3), h)
+    keep = 1 - torch.sigmoid(torch.tensor(-1.0))   # 0.731: nn.GRUCell keeps 0.5 at zero weights
+    torch.testing.assert_close(out, keep * h)
+
+
+def test_rssm_norm_and_gru_options():
+    from torch import nn
+
+    from cpcrl.nets.rssm import LayerNormGRUCell
+    plain = make("categorical")
+    assert isinstance(plain.gru, nn.GRUCell)
+    assert not any(isinstance(m, nn.LayerNorm) for m in plain.modules())
+    # the parameter names of the plain RSSM are those of earlier checkpoints (PlaNet, Dreamer v1)
+    assert {"img_in.0.weight", "img_in.0.bias", "prior_net.0.bias", "prior_net.2.weight", "post_net.2.bias",
+            "gru.weight_ih", "gru.bias_hh"} <= set(plain.state_dict())
+    normed = make("categorical", norm="layer", gru="layernorm", activation="silu")
+    assert isinstance(normed.gru, LayerNormGRUCell)
+    for net in (normed.img_in, normed.prior_net, normed.post_net):  # Linear (no bias) -> LayerNorm -> SiLU
+        assert net[0].bias is None and isinstance(net[1], nn.LayerNorm) and net[1].eps == 1e-3
+        assert isinstance(net[2], nn.SiLU)
+    post, _ = normed.observe(torch.randn(T, B, E), torch.randn(T, B, A), torch.zeros(T, B, dtype=torch.bool))
+    assert post["deter"].shape == (T, B, 16) and torch.isfinite(post["deter"]).all()
+    with pytest.raises(ConfigError, match="gru='lstm': valid are plain, layernorm"):
+        make("categorical", gru="lstm")

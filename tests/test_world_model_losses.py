@@ -119,3 +119,48 @@ def test_onehot_nll_is_cross_entropy_per_group():
     target[:, 12:] = 0  # no past action yet: contributes nothing
     torch.testing.assert_close(onehot_nll(logits, target, groups),
                                ref - ref + onehot_nll(logits[:, :12], target[:, :12], groups[:1]))
+
+
+# --- DreamerV3's nets and reconstruction weight ---------------------------------------------------------------
+
+def test_mlp_layer_norm_is_dreamerv3s():
+    from torch import nn
+
+    from cpcrl.nets.mlp import mlp
+    torch.manual_seed(0)
+    net = mlp(3, [5, 5], 2, "silu", "layer")
+    kinds = [type(m) for m in net]
+    assert kinds == [nn.Linear, nn.LayerNorm, nn.SiLU] * 2 + [nn.Linear]
+    assert net[0].bias is None and net[3].bias is None and net[-1].bias is not None  # the norm shifts instead
+    x = torch.tensor([[1.0, -2.0, 4.0]])
+    z = x @ net[0].weight.T
+    by_hand = (z - z.mean()) / torch.sqrt(z.var(unbiased=False) + 1e-3)   # eps 1e-3; gain 1, shift 0 at init
+    torch.testing.assert_close(net[1](z), by_hand)
+    plain = mlp(3, [5], 2, "elu")
+    assert [type(m) for m in plain] == [nn.Linear, nn.ELU, nn.Linear] and plain[0].bias is not None
+    with pytest.raises(ConfigError, match="norm='batch': valid are none, layer"):
+        mlp(3, [5], 2, "elu", "batch")
+
+
+def test_conv_layers_normalise_channels():
+    from cpcrl.nets.codecs import ConvDecoder, ConvEncoder
+    from cpcrl.nets.mlp import ChannelLayerNorm
+    enc = ConvEncoder(4, "silu", norm="layer")
+    norms = [m for m in enc.net if isinstance(m, ChannelLayerNorm)]
+    assert len(norms) == 4 and all(m.bias is None for m in enc.net if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(2, 3, 5, 5)
+    by_hand = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + 1e-3)
+    torch.testing.assert_close(ChannelLayerNorm(3, eps=1e-3)(x), by_hand)   # per pixel, over the channels
+    assert enc(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, enc.out_dim)
+    dec = ConvDecoder(6, 4, "silu", norm="layer")
+    assert sum(isinstance(m, ChannelLayerNorm) for m in dec.net) == 3   # not after the output layer
+    assert dec(torch.randn(2, 6)).shape == (2, 3, 64, 64)
+
+
+def test_reconstruction_weight_by_hand():
+    from cpcrl.objectives.world_model import gaussian_nll
+    pred, target = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])   # squared errors 1 and 4
+    assert gaussian_nll(pred, target).item() == 2.5              # -log N(x; pred, 1) + const: 0.5 * 5
+    assert gaussian_nll(pred, target, scale=1.0).item() == 5.0   # DreamerV3: the plain squared error
+    groups = [(2, 0)]
+    assert onehot_nll(pred, target, groups, scale=1.0).item() == 5.0

@@ -4,10 +4,13 @@ an actor and a critic purely from imagined rollouts in its latent space.
 Versions (`agent.version`, checked against `world_model.kind`):
     v1  Gaussian RSSM, free nats 3; tanh-normal actor trained by backpropagating the lambda-returns
         through the learned dynamics; MSE reward and value heads; gamma 0.99; lrs 6e-4 / 8e-5 / 8e-5.
-    v3  categorical RSSM (unimix 1%), dyn/rep KL; symlog vector observations; two-hot (255 bins) reward and
-        value heads; returns divided by max(1, EMA of their 5th-95th percentile range); entropy 3e-4;
-        slow critic (EMA 0.98) as a regulariser; REINFORCE for discrete actions, backprop for continuous;
-        gamma 1 - 1/333.
+    v3  categorical RSSM (unimix 1%), dyn/rep KL; LayerNorm + SiLU after every hidden layer of every net and
+        the normalised GRU (world_model.norm=layer, gru=layernorm, activation=silu); symlog vector observations
+        with a plain squared error (decoder.mse_scale 1); two-hot (255 bins) reward and value heads; returns
+        divided by max(1, EMA of their 5th-95th percentile range); entropy 3e-4; slow critic (EMA 0.98) as a
+        regulariser; REINFORCE for discrete actions, backprop for continuous; gamma 1 - 1/333; terminal
+        imagination starts weighted 0. docs/BENCHMARKS.md (Dreamer, DreamerV3 parity): each detail next to
+        DreamerV3's.
 
 Actions: Box (tanh-normal), Discrete (a categorical over one-hots) and MultiDiscrete (one categorical per factor,
 unimix per factor; the action vector is the factors' concatenated one-hots, which the world model reads, and it
@@ -31,7 +34,7 @@ One update, time-major `[L, B]` batch, states as in `cpcrl.nets.rssm`:
     s_0 = post;  a_k ~ pi(f_k);  s_{k+1} ~ p(s | s_k, a_k)                    (prior only, no observation)
     r_k, c_k, v_k = reward(f_k), sigmoid(continue(f_k)), critic(f_k)          k = 0..H
     R_k  = lambda_returns(r, v, c, gamma, 0.95)                              k = 0..H-1, bootstrapped by v_H
-    w_k  = sg(prod_{j=1..k} gamma c_j)
+    w_k  = sg(c_0 prod_{j=1..k} gamma c_j)       c_0 = 1 - is_terminal of the start (v3; 1 for v1)
     S    = max(1, EMA(q95(R) - q5(R)))                                        (v3; 1 for v1)
     actor  = -mean_k w_k * ( R_k / S                              backprop through the dynamics
                            | log pi(sg(a_k) | f_k) sg((R_k - v_k) / S)   REINFORCE (v3 discrete)
@@ -126,7 +129,8 @@ class DreamerConfig(AgentConfig):
     model_lr: float = param(MISSING, positive)                   # (version)
     actor_lr: float = param(MISSING, positive)                   # (version)
     critic_lr: float = param(MISSING, positive)                  # (version)
-    adam_eps: float = param(MISSING, positive)                   # (version)
+    model_adam_eps: float = param(MISSING, positive)             # (version) the world model's Adam
+    adam_eps: float = param(MISSING, positive)                   # (version) the actor's and critic's Adam
     model_grad_clip: float | None = param(MISSING, optional_positive)  # (version) null: no clipping
     ac_grad_clip: float | None = param(MISSING, optional_positive)     # (version) actor and critic
     entropy: float = param(MISSING, non_negative)                # (version) entropy bonus eta
@@ -137,7 +141,6 @@ class DreamerConfig(AgentConfig):
     return_norm: bool = param(MISSING, boolean)                  # (version) divide returns by the percentile scale
     twohot: bool = param(MISSING, boolean)      # (version) two-hot (255 symlog bins) reward and value heads
     unimix: float = param(MISSING, unit_interval)                # (version) uniform mixture in the discrete policy
-    layer_norm: bool = param(MISSING, boolean)                   # (version) LayerNorm in the actor and critic MLPs
 
     def check_world_model(self, world_model):
         if world_model.kind != WORLD_MODEL_KIND[self.version]:
@@ -167,10 +170,10 @@ class ScalarHead(nn.Module):
     unit-variance Gaussian mean (v1)."""
 
     def __init__(self, feature_dim: int, units: int, layers: int, activation: str, twohot: bool,
-                 layer_norm: bool = False):
+                 norm: str = "none"):
         super().__init__()
         self.twohot = twohot
-        self.net = mlp(feature_dim, [units] * layers, 255 if twohot else 1, activation, layer_norm)
+        self.net = mlp(feature_dim, [units] * layers, 255 if twohot else 1, activation, norm)
         if twohot:
             nn.init.zeros_(self.net[-1].weight), nn.init.zeros_(self.net[-1].bias)
             self.register_buffer("bins", twohot_bins(255))
@@ -228,11 +231,10 @@ class Actor(nn.Module):
     start) or v3 (std in [0.1, 1])."""
 
     def __init__(self, feature_dim: int, action_dim: int, factors: list[int] | None, units: int, layers: int,
-                 activation: str, version: str, unimix: float, layer_norm: bool):
+                 activation: str, version: str, unimix: float, norm: str = "none"):
         super().__init__()
         self.factors, self.version, self.unimix = factors, version, unimix
-        self.net = mlp(feature_dim, [units] * layers, action_dim if factors else 2 * action_dim, activation,
-                       layer_norm)
+        self.net = mlp(feature_dim, [units] * layers, action_dim if factors else 2 * action_dim, activation, norm)
 
     def forward(self, features: Tensor, action_mask: Tensor | None = None):
         return self.policy(self.net(features), action_mask)
@@ -269,24 +271,25 @@ class Dreamer(ModelBasedAgent):
         self.backprop = (cfg.actor_gradient == "backprop" or
                          (cfg.actor_gradient == "auto" and (cfg.version == "v1" or self.continuous)))
 
-        # world model; the actor and critic have the heads' sizes
+        # world model; the actor and critic have the heads' sizes, activation and norm
         units, layers, activation = world_model.heads.hidden, world_model.heads.layers, world_model.activation
+        norm = world_model.norm
         self.build_world_model(obs_space, world_model,
-                               lambda f: ScalarHead(f, units, layers, activation, cfg.twohot))
+                               lambda f: ScalarHead(f, units, layers, activation, cfg.twohot, norm))
         self.symlog_obs = cfg.version == "v3" and not is_image(obs_space) and not self.onehot_groups
 
         # behaviour
         feature_dim = self.rssm.feature_dim
         self.actor = Actor(feature_dim, self.action_dim, self.action_factors, units, layers, activation, cfg.version,
-                           cfg.unimix, cfg.layer_norm)
-        self.critic = ScalarHead(feature_dim, units, layers, activation, cfg.twohot, cfg.layer_norm)
+                           cfg.unimix, norm)
+        self.critic = ScalarHead(feature_dim, units, layers, activation, cfg.twohot, norm)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False) if cfg.slow_critic_decay else None
         self.return_norm = ReturnNormalizer(cfg.return_ema_decay, cfg.return_scale_floor, enabled=cfg.return_norm)
         self.to(device)
 
         self.world_model_modules = (self.encoder, self.rssm, self.decoder, self.reward_head, self.continue_head)
         model_params = [p for m in self.world_model_modules for p in m.parameters()]
-        self.optimizers["model"] = torch.optim.Adam(model_params, lr=cfg.model_lr, eps=cfg.adam_eps)
+        self.optimizers["model"] = torch.optim.Adam(model_params, lr=cfg.model_lr, eps=cfg.model_adam_eps)
         self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.adam_eps)
         self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.adam_eps)
         self.make_replay(cfg.replay_capacity, cfg.seed)
@@ -389,12 +392,18 @@ class Dreamer(ModelBasedAgent):
                 features.append(self.rssm.features(state))
         return torch.stack(features), torch.stack(actions), (torch.stack(outs) if outs else None)
 
-    def behaviour_loss(self, post: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """-> (actor loss, critic loss, metrics); the formulas are in the module docstring."""
+    def behaviour_loss(self, post: dict[str, Tensor],
+                       is_terminal: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """-> (actor loss, critic loss, metrics); the formulas are in the module docstring. `is_terminal [L, B]`
+        of the posterior states: v3 gives a terminal start weight 0 (nothing real follows it; DreamerV3 2023)."""
         start = map_state(lambda x: x.detach().flatten(0, 1), post)  # every posterior state of the batch
+        start_continue = None
+        if self.cfg.version == "v3" and is_terminal is not None:
+            start_continue = 1.0 - is_terminal.flatten(0, 1).float()
         if self.cfg.imag_starts and self.cfg.imag_starts < len(start["deter"]):  # or a random subset (CPU budgets)
             pick = torch.randperm(len(start["deter"]), device=start["deter"].device)[: self.cfg.imag_starts]
             start = map_state(lambda x: x[pick], start)
+            start_continue = None if start_continue is None else start_continue[pick]
         with frozen(*self.world_model_modules):  # the actor loss trains the actor only
             features, actions, actor_out = self.imagine(start)
             rewards = self.reward_head.predict(features)
@@ -407,7 +416,7 @@ class Dreamer(ModelBasedAgent):
                 critic_out = self.critic(features)
                 values, critic_out = self.critic.mean_of(critic_out.detach()), critic_out[:-1]
             returns = lambda_returns(rewards, values, continues, self.cfg.gamma, self.cfg.lam)  # [H, N], states 0..H-1
-            weights = imagination_weights(continues, self.cfg.gamma)
+            weights = imagination_weights(continues, self.cfg.gamma, start_continue)
             scale = self.return_norm(returns)
 
             if self.backprop:  # the gradient reaches the actor through rewards, values and the dynamics
@@ -441,7 +450,7 @@ class Dreamer(ModelBasedAgent):
         (metrics["wm/grad_norm"],) = self.optimizer_step(["model"], model_loss, [(model_params, cfg.model_grad_clip)])
 
         with autocast(self.device, cfg.precision):
-            actor_loss, critic_loss, ac_metrics = self.behaviour_loss(post)
+            actor_loss, critic_loss, ac_metrics = self.behaviour_loss(post, batch["is_terminal"])
         metrics["dreamer/actor_grad_norm"], metrics["dreamer/critic_grad_norm"] = self.optimizer_step(
             ["actor", "critic"], actor_loss + critic_loss,
             [(self.actor.parameters(), cfg.ac_grad_clip), (self.critic.parameters(), cfg.ac_grad_clip)])

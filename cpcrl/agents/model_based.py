@@ -29,14 +29,15 @@ class ModelBasedAgent(Agent):
 
     def build_world_model(self, obs_space, wm: WorldModelConfig, reward_head: Callable[[int], nn.Module],
                           continue_head: bool = True) -> None:
-        """encoder, rssm, decoder (+ one-hot groups), reward_head(feature_dim), continue_head (or None)."""
+        """encoder, rssm, decoder (+ one-hot groups), reward_head(feature_dim), continue_head (or None); every one
+        with `wm.norm` after its hidden layers (`reward_head` builds its own: pass it `wm.norm`)."""
         self.kl_cfg = wm.kl
-        self.encoder = make_encoder(obs_space, wm.encoder)
+        self.encoder = make_encoder(obs_space, wm.encoder, wm.norm)
         self.rssm = make_rssm(wm, self.encoder.out_dim, self.action_dim)
-        self.decoder, self.onehot_groups = make_decoder(obs_space, self.rssm.feature_dim, wm.decoder)
+        self.decoder, self.onehot_groups = make_decoder(obs_space, self.rssm.feature_dim, wm.decoder, wm.norm)
         self.reward_head = reward_head(self.rssm.feature_dim)
-        self.continue_head = (make_head(self.rssm.feature_dim, wm.heads.hidden, wm.heads.layers, wm.activation)
-                              if continue_head else None)
+        self.continue_head = (make_head(self.rssm.feature_dim, wm.heads.hidden, wm.heads.layers, wm.activation,
+                                        wm.norm) if continue_head else None)
 
     def make_replay(self, capacity: int, seed: int | None) -> None:
         self.replay = SequenceReplay(self.obs_space.shape, self.obs_space.dtype, self.action_dim, capacity, seed=seed)

@@ -78,7 +78,8 @@ class PlaNet(ModelBasedAgent):
         self.cfg, self.plan_cfg = cfg, cfg.planner
         heads = world_model.heads
         self.build_world_model(obs_space, world_model,
-                               lambda f: make_head(f, heads.hidden, heads.layers, world_model.activation),
+                               lambda f: make_head(f, heads.hidden, heads.layers, world_model.activation,
+                                                   world_model.norm),
                                continue_head=cfg.continue_head)
         self.to(device)
         self.optimizers["model"] = torch.optim.Adam(self.parameters(), lr=cfg.lr, eps=cfg.adam_eps)

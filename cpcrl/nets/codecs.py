@@ -22,10 +22,10 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from cpcrl.checks import Params, non_negative_int, one_of, param, positive_int
+from cpcrl.checks import Params, non_negative_int, one_of, param, positive, positive_int
 from cpcrl.envs.spaces import IMAGE_SHAPE, EncodedBox, image_slices
 from cpcrl.errors import ConfigError
-from cpcrl.nets.mlp import ACTIVATIONS, mlp
+from cpcrl.nets.mlp import ACTIVATIONS, mlp, norm_layer
 
 DECODERS = ("auto", "gaussian", "onehot")
 optional_activation = one_of(None, *ACTIVATIONS)
@@ -50,6 +50,9 @@ class DecoderConfig(Params):
     depth: int = param(32, positive_int)
     activation: str | None = param(None, optional_activation)  # null: relu for images (PlaNet), elu for vectors
     onehot_groups: list[Any] | None = None  # onehot: [[count, classes], ...], e.g. [[24, 6], [4, 12]] (cube)
+    # weight of the squared error of real-valued parts (summed over them): 0.5 = -log N(x; mean, 1) (PlaNet,
+    # Dreamer v1); 1 = DreamerV3's symlog squared error (its loss scale 1 on plain squared errors)
+    mse_scale: float = param(0.5, positive)
 
 
 @dataclass
@@ -79,9 +82,10 @@ def pixel_target(obs: Tensor) -> Tensor:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu"):
+    def __init__(self, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu",
+                 norm: str = "none"):
         super().__init__()
-        self.net = mlp(obs_dim, [hidden] * layers, None, activation)
+        self.net = mlp(obs_dim, [hidden] * layers, None, activation, norm)
         self.out_dim = hidden if layers else obs_dim
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -91,9 +95,11 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """features -> obs mean (Gaussian) or flat group logits (one-hot); the loss decides which."""
 
-    def __init__(self, feature_dim: int, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu"):
+    def __init__(self, feature_dim: int, obs_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu",
+                 norm: str = "none", mse_scale: float = 0.5):
         super().__init__()
-        self.net = mlp(feature_dim, [hidden] * layers, obs_dim, activation)
+        self.net = mlp(feature_dim, [hidden] * layers, obs_dim, activation, norm)
+        self.mse_scale = mse_scale
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features)
@@ -103,12 +109,13 @@ class MLPDecoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, depth: int = 32, activation: str = "relu", channels: int = 3):
+    def __init__(self, depth: int = 32, activation: str = "relu", channels: int = 3, norm: str = "none"):
         super().__init__()
         act = ACTIVATIONS[activation]
         layers, c = [], channels
         for mult in (1, 2, 4, 8):
-            layers += [nn.Conv2d(c, depth * mult, 4, 2), act()]
+            normed = norm_layer(norm, depth * mult, channels=True)
+            layers += [nn.Conv2d(c, depth * mult, 4, 2, bias=normed is None), *([normed] if normed else []), act()]
             c = depth * mult
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_dim = depth * 8 * 2 * 2
@@ -118,15 +125,20 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, feature_dim: int, depth: int = 32, activation: str = "relu", channels: int = 3):
+    def __init__(self, feature_dim: int, depth: int = 32, activation: str = "relu", channels: int = 3,
+                 norm: str = "none", mse_scale: float = 0.5):
         super().__init__()
         act = ACTIVATIONS[activation]
+        self.mse_scale = mse_scale
         self.fc = nn.Linear(feature_dim, depth * 32)
+
+        def hidden(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
+            normed = norm_layer(norm, c_out, channels=True)
+            return [nn.ConvTranspose2d(c_in, c_out, kernel, 2, bias=normed is None), *([normed] if normed else []),
+                    act()]
         self.net = nn.Sequential(
             nn.Unflatten(1, (depth * 32, 1, 1)),
-            nn.ConvTranspose2d(depth * 32, depth * 4, 5, 2), act(),
-            nn.ConvTranspose2d(depth * 4, depth * 2, 5, 2), act(),
-            nn.ConvTranspose2d(depth * 2, depth, 6, 2), act(),
+            *hidden(depth * 32, depth * 4, 5), *hidden(depth * 4, depth * 2, 5), *hidden(depth * 2, depth, 6),
             nn.ConvTranspose2d(depth, channels, 6, 2))
 
     def forward(self, features: Tensor) -> Tensor:
@@ -140,13 +152,13 @@ class PartsEncoder(nn.Module):
     """An `EncodedBox` with image parts: each frame's slice, reshaped to [3, 64, 64], through a conv encoder of its
     own, the other values (gathered in layout order) through one MLP encoder; the outputs concatenated."""
 
-    def __init__(self, obs_space: EncodedBox, enc: EncoderConfig):
+    def __init__(self, obs_space: EncodedBox, enc: EncoderConfig, norm: str = "none"):
         super().__init__()
         self.images = image_slices(obs_space)
         rest = rest_index(obs_space.shape[0], self.images)
         self.register_buffer("rest", rest, persistent=False)
-        self.convs = nn.ModuleList(ConvEncoder(enc.depth, _activation(enc, True)) for _ in self.images)
-        self.mlp = MLPEncoder(len(rest), enc.hidden, enc.layers, _activation(enc, False)) if len(rest) else None
+        self.convs = nn.ModuleList(ConvEncoder(enc.depth, _activation(enc, True), norm=norm) for _ in self.images)
+        self.mlp = MLPEncoder(len(rest), enc.hidden, enc.layers, _activation(enc, False), norm) if len(rest) else None
         self.out_dim = sum(c.out_dim for c in self.convs) + (self.mlp.out_dim if self.mlp else 0)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -161,13 +173,15 @@ class PartsDecoder(nn.Module):
     decoder of its own (flattened, in the [-0.5, 0.5] pixel space), the other values (one-hot logits, real-value
     means) from one MLP decoder. `onehot_nll` with the space's parts scores every part."""
 
-    def __init__(self, feature_dim: int, obs_space: EncodedBox, dec: DecoderConfig):
+    def __init__(self, feature_dim: int, obs_space: EncodedBox, dec: DecoderConfig, norm: str = "none"):
         super().__init__()
         self.width, self.images = obs_space.shape[0], image_slices(obs_space)
+        self.mse_scale = dec.mse_scale
         rest = rest_index(self.width, self.images)
         self.register_buffer("rest", rest, persistent=False)
-        self.convs = nn.ModuleList(ConvDecoder(feature_dim, dec.depth, _activation(dec, True)) for _ in self.images)
-        self.mlp = (MLPDecoder(feature_dim, len(rest), dec.hidden, dec.layers, _activation(dec, False))
+        self.convs = nn.ModuleList(ConvDecoder(feature_dim, dec.depth, _activation(dec, True), norm=norm)
+                                   for _ in self.images)
+        self.mlp = (MLPDecoder(feature_dim, len(rest), dec.hidden, dec.layers, _activation(dec, False), norm)
                     if len(rest) else None)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -207,38 +221,42 @@ def check_onehot_groups(obs_space: gym.Space, groups) -> list[tuple[int, int]]:
     return groups
 
 
-def make_encoder(obs_space: gym.Space, enc: EncoderConfig) -> nn.Module:
+def make_encoder(obs_space: gym.Space, enc: EncoderConfig, norm: str = "none") -> nn.Module:
+    """`norm` (`world_model.norm`, `cpcrl.nets.mlp`) after every hidden layer, conv or dense."""
     if image_slices(obs_space):
-        return PartsEncoder(obs_space, enc)
+        return PartsEncoder(obs_space, enc, norm)
     if is_image(obs_space):
         if tuple(obs_space.shape) != (3, 64, 64):
             raise ConfigError(f"image observations must be 3x64x64 (channels first), got {obs_space.shape}")
-        return ConvEncoder(enc.depth, _activation(enc, True))
-    return MLPEncoder(obs_space.shape[0], enc.hidden, enc.layers, _activation(enc, False))
+        return ConvEncoder(enc.depth, _activation(enc, True), norm=norm)
+    return MLPEncoder(obs_space.shape[0], enc.hidden, enc.layers, _activation(enc, False), norm)
 
 
-def make_decoder(obs_space: gym.Space, feature_dim: int, dec: DecoderConfig) -> tuple[nn.Module, list | None]:
+def make_decoder(obs_space: gym.Space, feature_dim: int, dec: DecoderConfig,
+                 norm: str = "none") -> tuple[nn.Module, list | None]:
     """-> (decoder, one-hot groups or None). decoder: auto (conv for images, an encoded space's own layout, else
-    gaussian) | gaussian | onehot."""
+    gaussian) | gaussian | onehot. Every decoder carries `mse_scale`, the weight of its squared errors."""
     if is_image(obs_space):
         if dec.kind == "onehot":
             raise ConfigError("world_model.decoder.kind=onehot needs a flat one-hot observation, the env gives images")
-        return ConvDecoder(feature_dim, dec.depth, _activation(dec, True)), None
+        return ConvDecoder(feature_dim, dec.depth, _activation(dec, True), norm=norm, mse_scale=dec.mse_scale), None
     if image_slices(obs_space):
         if dec.kind != "auto":
             raise ConfigError(f"world_model.decoder.kind={dec.kind}: the observation has an image component "
                               f"({' '.join(str(obs_space.source).split())[:120]}); valid is decoder.kind=auto (a conv "
                               "decoder for each image, the space's layout for the rest)")
-        return PartsDecoder(feature_dim, obs_space, dec), [tuple(part) for part in obs_space.parts]
+        return PartsDecoder(feature_dim, obs_space, dec, norm), [tuple(part) for part in obs_space.parts]
     if dec.kind == "onehot":
         groups = check_onehot_groups(obs_space, dec.onehot_groups)
     elif dec.kind == "auto" and isinstance(obs_space, EncodedBox):
         groups = [tuple(part) for part in obs_space.parts]
     else:
         groups = None
-    return MLPDecoder(feature_dim, obs_space.shape[0], dec.hidden, dec.layers, _activation(dec, False)), groups
+    return MLPDecoder(feature_dim, obs_space.shape[0], dec.hidden, dec.layers, _activation(dec, False), norm,
+                      dec.mse_scale), groups
 
 
-def make_head(feature_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu") -> nn.Module:
+def make_head(feature_dim: int, hidden: int = 200, layers: int = 2, activation: str = "elu",
+              norm: str = "none") -> nn.Module:
     """Scalar head (reward, continue logit): features [..., F] -> [...]."""
-    return nn.Sequential(mlp(feature_dim, [hidden] * layers, 1, activation), nn.Flatten(-2))
+    return nn.Sequential(mlp(feature_dim, [hidden] * layers, 1, activation, norm), nn.Flatten(-2))

@@ -1,6 +1,6 @@
 """Recurrent state-space model (PlaNet, Dreamer v1-v3): one module, Gaussian or categorical latents.
 
-    h_t = GRU(h_{t-1}, MLP([s_{t-1}, a_{t-1}]))     deterministic path
+    h_t = GRU(h_{t-1}, MLP([s_{t-1}, a_{t-1}]))     deterministic path (`gru`: plain | layernorm, below)
     p(s_t | h_t)                                    prior      (imagination, planning)
     q(s_t | h_t, e_t)                               posterior  (filtering; e_t = encoder(o_t))
 
@@ -15,6 +15,13 @@ A state is a dict of tensors with the same leading shape:
       Gaussian: mean, std [.., stoch];   categorical: logits [.., latents, classes] (unimix already applied)
 `features(state) = cat(deter, stoch)` is what heads, planners and policies read; `dist(state)` rebuilds
 the distribution (for KL, entropy). Every method accepts any number of leading dims.
+
+The input, prior and posterior nets are one-hidden-layer `cpcrl.nets.mlp` stacks (`norm`: none | layer). The
+GRU is `nn.GRUCell` (`gru=plain`, PlaNet, Dreamer v1) or DreamerV3's normalised cell (`gru=layernorm`, 2023 code,
+= sheeprl's LayerNormGRUCell):
+    r, c, u = split(LayerNorm(W [h, x]))        one bias-free matrix, the norm over all 3H gate inputs
+    h'      = sigmoid(u - 1) * tanh(sigmoid(r) * c) + (1 - sigmoid(u - 1)) * h
+The -1 biases the update gate towards keeping h (sigmoid(-1) = 0.27 new at init; nn.GRUCell: 0.5).
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, OneHotCategoricalStraightThrough, kl_divergence
 
+from cpcrl.checks import choice
 from cpcrl.nets.distributions import straight_through_onehot, unimix_logits
-from cpcrl.nets.mlp import ACTIVATIONS
+from cpcrl.nets.mlp import NORM_EPS, mlp
 
 State = dict[str, Tensor]
 KINDS = ("gaussian", "categorical")
+GRUS = ("plain", "layernorm")
 
 
 def stack_states(states: list[State], dim: int = 0) -> State:
@@ -46,10 +55,27 @@ def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
     return {k: fn(v) for k, v in state.items()}
 
 
+class LayerNormGRUCell(nn.Module):
+    """DreamerV3's GRU (2023 code, `_gru`; sheeprl 0.8.4 `LayerNormGRUCell`): the call of `nn.GRUCell`,
+    `cell(x [N, I], h [N, H]) -> h' [N, H]`, with the gates of the module docstring."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size + input_size, 3 * hidden_size, bias=False)  # the norm shifts instead
+        self.norm = nn.LayerNorm(3 * hidden_size, eps=NORM_EPS)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        reset, cand, update = self.norm(self.linear(torch.cat([h, x], -1))).chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1.0)  # keep most of h at the start
+        return update * cand + (1.0 - update) * h
+
+
 class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, kind: str = "gaussian", deter: int = 200, stoch: int = 30,
                  hidden: int = 200, min_std: float = 0.1, latents: int = 32, classes: int = 32,
-                 unimix: float = 0.01, activation: str = "elu"):
+                 unimix: float = 0.01, activation: str = "elu", norm: str = "none", gru: str = "plain"):
         super().__init__()
         self.kind, self.min_std, self.unimix = kind, min_std, unimix
         self.latents, self.classes = latents, classes
@@ -57,11 +83,10 @@ class RSSM(nn.Module):
         self.stoch_dim = stoch if kind == "gaussian" else latents * classes
         self.stats_dim = 2 * stoch if kind == "gaussian" else latents * classes
         self.action_dim, self.embed_dim = action_dim, embed_dim
-        act = ACTIVATIONS[activation]
-        self.img_in = nn.Sequential(nn.Linear(self.stoch_dim + action_dim, hidden), act())
-        self.gru = nn.GRUCell(hidden, deter)
-        self.prior_net = nn.Sequential(nn.Linear(deter, hidden), act(), nn.Linear(hidden, self.stats_dim))
-        self.post_net = nn.Sequential(nn.Linear(deter + embed_dim, hidden), act(), nn.Linear(hidden, self.stats_dim))
+        self.img_in = mlp(self.stoch_dim + action_dim, [hidden], None, activation, norm)
+        self.gru = nn.GRUCell(hidden, deter) if choice("gru", gru, GRUS) == "plain" else LayerNormGRUCell(hidden, deter)
+        self.prior_net = mlp(deter, [hidden], self.stats_dim, activation, norm)
+        self.post_net = mlp(deter + embed_dim, [hidden], self.stats_dim, activation, norm)
 
     @property
     def feature_dim(self) -> int:
@@ -169,4 +194,4 @@ def make_rssm(cfg, embed_dim: int, action_dim: int) -> RSSM:
     """RSSM from a `world_model` config (`cpcrl.objectives.world_model.WorldModelConfig`)."""
     return RSSM(embed_dim, action_dim, kind=cfg.kind, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
                 min_std=cfg.min_std, latents=cfg.latents, classes=cfg.classes, unimix=cfg.unimix,
-                activation=cfg.activation)
+                activation=cfg.activation, norm=cfg.norm, gru=cfg.gru)

@@ -7,7 +7,8 @@
     a2c          = -mean A_t log pi(a_t | s_t)                                          (no ratio, one pass)
     value        = 0.5 mean (V - R)^2, or with clipping 0.5 mean max((V - R)^2, (V_old + clip(V - V_old) - R)^2)
 
-    weights_t    = prod_{k=1..t} gamma * c_k   (w_0 = 1)    how much of imagined state t is still "alive"
+    weights_t    = w_0 prod_{k=1..t} gamma * c_k            how much of imagined state t is still "alive"
+                   (w_0 = 1, or 1 - is_terminal of the start: DreamerV3)
     low, high   <- decay * (low, high) + (1 - decay) * (q_5%(R), q_95%(R))      (DreamerV3, decay 0.99)
     scale        = max(floor, high - low)                   (floor 1: small returns are not blown up)
     slow        <- decay * slow + (1 - decay) * critic      (DreamerV3: decay 0.98, every update)
@@ -44,13 +45,16 @@ def value_loss(value: Tensor, returns: Tensor, old_value: Tensor, clip: float | 
     return 0.5 * torch.max((value - returns) ** 2, (clipped - returns) ** 2).mean()
 
 
-def imagination_weights(continues: Tensor, gamma: float) -> Tensor:
+def imagination_weights(continues: Tensor, gamma: float, start: Tensor | None = None) -> Tensor:
     """Loss weights of imagined states 0..H-1 from the continue flags `[H+1, N]` of states 0..H.
 
     `continues[t]` is predicted on arriving in state t (as in `lambda_returns`), so `continues[0]` is unused:
-    the start state is a real posterior state and always counts fully. Returned without gradient."""
+    the start state is a real posterior state. It counts fully (w_0 = 1, Dreamer v1), or `start [N]` (w_0 =
+    1 - is_terminal of the start, DreamerV3 2023: nothing real follows a terminal state, so neither the actor
+    nor the critic learns from a rollout imagined past it). Returned without gradient."""
+    first = torch.ones_like(continues[:1]) if start is None else start.detach().to(continues).unsqueeze(0)
     discounts = gamma * continues[1:-1].detach()
-    return torch.cat([torch.ones_like(continues[:1]), discounts]).cumprod(0)
+    return torch.cat([first, discounts]).cumprod(0)
 
 
 def percentile_ema(low: Tensor, high: Tensor, returns: Tensor, decay: float = 0.99,

@@ -26,8 +26,8 @@ from cpcrl.checks import Params, non_negative, one_of, param, positive, positive
 from cpcrl.envs.spaces import IMAGE
 from cpcrl.errors import ConfigError
 from cpcrl.nets.codecs import DecoderConfig, EncoderConfig, HeadConfig, pixel_target
-from cpcrl.nets.mlp import ACTIVATIONS
-from cpcrl.nets.rssm import KINDS, RSSM, State, detach_state, map_state
+from cpcrl.nets.mlp import ACTIVATIONS, NORMS
+from cpcrl.nets.rssm import GRUS, KINDS, RSSM, State, detach_state, map_state
 
 KL_STRATEGIES = ("regular", "free_bits", "balanced", "dreamerv3")
 
@@ -57,7 +57,11 @@ class WorldModelConfig(Params):
     unimix: float = param(0.01, unit_interval)  # categorical: uniform mixture in prior and posterior
     min_std: float = param(0.1, positive)     # gaussian: std = softplus(raw) + min_std
     hidden: int = param(200, positive_int)    # width of the RSSM's input, prior and posterior layers
-    activation: str = param("elu", one_of(*ACTIVATIONS))  # RSSM and heads
+    activation: str = param("elu", one_of(*ACTIVATIONS))  # RSSM and heads (Dreamer: actor and critic too)
+    # after every hidden layer of the encoder, decoder, RSSM and heads (Dreamer: actor and critic too), see
+    # cpcrl.nets.mlp: none (PlaNet, Dreamer v1) | layer (DreamerV3: Linear without bias -> LayerNorm -> activation)
+    norm: str = param("none", one_of(*NORMS))
+    gru: str = param("plain", one_of(*GRUS))  # plain (nn.GRUCell) | layernorm (DreamerV3's cell, cpcrl.nets.rssm)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # MLP for vectors; conv for 3x64x64 images
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)          # reward and continue heads
@@ -111,25 +115,28 @@ def overshooting_kl(rssm: RSSM, post: State, prior: State, actions: Tensor, is_f
 
 # --- observation, reward and continue likelihoods ---------------------------------------------------------
 
-def gaussian_nll(pred: Tensor, target: Tensor, event_dims: int = 1) -> Tensor:
-    """-log N(target; pred, 1) without the constant: 0.5 * squared error summed over the event dims, `[...]`."""
-    return 0.5 * (pred - target).pow(2).flatten(-event_dims).sum(-1)
+def gaussian_nll(pred: Tensor, target: Tensor, event_dims: int = 1, scale: float = 0.5) -> Tensor:
+    """-log N(target; pred, 1) without the constant: 0.5 * squared error summed over the event dims, `[...]`.
+    `scale` 1 gives DreamerV3's plain squared error (`world_model.decoder.mse_scale`)."""
+    return scale * (pred - target).pow(2).flatten(-event_dims).sum(-1)
 
 
-def onehot_nll(logits: Tensor, target: Tensor, groups: list[tuple[int, int]]) -> Tensor:
+def onehot_nll(logits: Tensor, target: Tensor, groups: list[tuple[int, int]], scale: float = 0.5) -> Tensor:
     """Cross-entropy of flat one-hot groups, e.g. the cube's 24x6 stickers then 4x12 past actions.
 
     logits, target `[..., sum(n * k)]`; each group of n one-hots of k classes is a softmax per one-hot.
     An all-zero target row (no past action yet) contributes 0. A group `(d, 0)` is d real values (the Box parts
     of an encoded Tuple/Dict observation, `cpcrl.envs.spaces`): `gaussian_nll`; a group `(d, IMAGE)` one frame's d
-    pixels (0..255), predicted in [-0.5, 0.5] (`PartsDecoder`): `gaussian_nll` there, as for a plain image.
+    pixels (0..255), predicted in [-0.5, 0.5] (`PartsDecoder`): `gaussian_nll` there, as for a plain image
+    (both with the squared-error weight `scale`).
     Returns `[...]` (summed over groups).
     """
     total, start = 0.0, 0
     for n, k in groups:
         if k in (0, IMAGE):
             piece = target[..., start:start + n]
-            total = total + gaussian_nll(logits[..., start:start + n].float(), pixel_target(piece) if k else piece)
+            total = total + gaussian_nll(logits[..., start:start + n].float(), pixel_target(piece) if k else piece,
+                                         scale=scale)
             start += n
             continue
         lg = logits[..., start:start + n * k].unflatten(-1, (n, k))
@@ -155,6 +162,7 @@ def world_model_loss(batch: dict[str, Tensor], encoder: nn.Module, rssm: RSSM, d
 
         post, prior    = rssm.observe(encoder(x_t), a_{t-1}, is_first)          x_t = transform(o_t)
         reconstruction = -log N(x_t; decoder(f_t), 1)  or the one-hot cross-entropy per group
+                         (squared errors weighted by decoder.mse_scale: 0.5 = this NLL, 1 = DreamerV3)
         reward         = reward_nll(f_t, r_t), mean over steps that are not an episode start
         continue       = BCE(continue_head(f_t), not terminal_t)                  (0 without a head)
         kl             = the KL strategy, with latent overshooting when overshooting_distance > 1
@@ -170,10 +178,10 @@ def world_model_loss(batch: dict[str, Tensor], encoder: nn.Module, rssm: RSSM, d
 
     prediction = decoder(features)
     if onehot_groups:
-        reconstruction = onehot_nll(prediction, obs, onehot_groups).mean()
+        reconstruction = onehot_nll(prediction, obs, onehot_groups, decoder.mse_scale).mean()
     else:
         reconstruction = gaussian_nll(prediction.float(), transform(decoder.target(obs)),
-                                      event_dims=obs.dim() - 2).mean()
+                                      event_dims=obs.dim() - 2, scale=decoder.mse_scale).mean()
     # r_t arrives with o_t; an episode start has none (stored as 0). A masked mean, not a boolean index,
     # so the shape is static (no device->host sync).
     has_reward = (~is_first).float()
