@@ -4,6 +4,7 @@
     python benchmarks/bench_popgym.py learn --lib sb3 --seeds 0 1           # needs --sb3-python (its own venv)
     python benchmarks/bench_popgym.py throughput                            # paired env steps/s, same work
     python benchmarks/bench_popgym.py table --json                          # the tables from the finished runs
+    python benchmarks/bench_popgym.py probe --json                          # belief probes on the runs' checkpoints
 
 Every run trains for the same env-step budget (`--steps`, all envs together) on one torch thread and evaluates
 the greedy (deterministic) policy on `EVAL_EPISODES` episodes every `steps / EVALS` env steps. A run's score is
@@ -309,6 +310,44 @@ def table(args) -> dict:
     return {"per_task": per_task, "aggregate": aggregate, "markdown": "\n".join(lines)}
 
 
+# --- probe: `cpcrl mode=probe` on each finished cpcrl run's checkpoint --------------------------------------------
+
+PROBE_TASKS = ["RepeatFirstEasy", "RepeatPreviousEasy", "CountRecallEasy", "PositionOnlyCartPoleEasy"]
+
+
+def probe(args) -> dict:
+    """Belief probes (cpcrl.probes: the env's hidden state decoded from the belief on held-out episodes, with the
+    random-init-agent and raw-observation controls) of every cpcrl run of PROBE_TASKS; mean and 95% CI over seeds."""
+    out, rows = Path(args.out), []
+    runs = [r for r in load_runs(out) if r["lib"] == "cpcrl" and r["task"] in PROBE_TASKS and r["steps"] == args.steps]
+
+    def one(r):
+        run_dir = out / run_name("cpcrl", r["agent"], r["task"], r["seed"], r["steps"])
+        if not list(run_dir.glob("probe/*/probe.json")):  # mode=probe writes <run>/probe/<time>/probe.json
+            subprocess.run([sys.executable, "-m", "cpcrl", "mode=probe", f"checkpoint={run_dir}", "device=cpu",
+                            "device.threads=1", "logger=none"], check=True, capture_output=True)
+        newest = sorted(run_dir.glob("probe/*/probe.json"))[-1]
+        return {**{k: r[k] for k in ("agent", "task", "seed")}, "held": held(r),
+                "probe": json.loads(newest.read_text())}
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(one, runs))
+    table = {}
+    for task in PROBE_TASKS:
+        for agent in sorted({r["agent"] for r in rows}):
+            rs = [r for r in rows if (r["task"], r["agent"]) == (task, agent)]
+            if not rs:
+                continue
+            scores = {k: v for k, v in rs[0]["probe"].items() if isinstance(v, (int, float))
+                      and k.split("/")[-1] in ("class_acc", "state_r2", "class_acc_mlp", "state_r2_mlp")}
+            table[f"{task}/{agent}"] = {"held": mean_ci([r["held"] for r in rs]), "seeds": [r["seed"] for r in rs],
+                                        **{k: mean_ci([r["probe"][k] for r in rs]) for k in scores}}
+    for key, cells in table.items():
+        print(key, {k: (round(v[0], 3), round(v[1], 3), round(v[2], 3)) if isinstance(v, tuple) else v
+                    for k, v in cells.items()})
+    return {"rows": rows, "table": table}
+
+
 def machine() -> dict:
     sys.path.insert(0, str(HERE))
     from machine_info import cpu_model
@@ -318,7 +357,7 @@ def machine() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", nargs="?", default="all", choices=["learn", "throughput", "table", "all", "_sb3"])
+    p.add_argument("kind", nargs="?", default="all", choices=["learn", "throughput", "table", "probe", "all", "_sb3"])
     p.add_argument("--lib", default="cpcrl", choices=["cpcrl", "sb3"])
     p.add_argument("--agent", default="ppo_lstm", help="cpcrl agent (ppo_lstm | cpc_rl | ...)")
     p.add_argument("--tasks", nargs="+", default=TASKS)
@@ -352,6 +391,8 @@ def main() -> None:
               "eval_episodes": EVAL_EPISODES, "held": HELD}
     if args.kind in ("table", "all"):
         result["table"] = table(args)
+    if args.kind in ("probe", "all"):
+        result["probe"] = probe(args)
     if args.kind == "throughput" or (args.kind == "all" and sb3_python(args)):
         result["throughput"] = throughput(args)
     if args.json is not None:
