@@ -53,9 +53,9 @@ CASES: dict[str, Case] = {
          "world_model.latents=8", "world_model.classes=8", "agent.model_lr=1e-3", "agent.actor_lr=3e-4",
          "agent.critic_lr=1e-3"),
         "eval/return_mean", 80.0,
-        "13 runs (seeds 0-9 native, 0-2 default kernels): min 104.3, median 306.5; at 8,000 steps 18 runs over all "
-        "kernels and threads had min 52.9, median 151; untrained (prefill only): 13-60.5, median 15.5 over 4 seeds; "
-        "a uniform random policy ~22"),
+        "DreamerV3 nets (LayerNorm + SiLU, LayerNormGRUCell): 16 runs (seeds 0-4 native and default kernels, 0-2 "
+        "avx2, 0-2 at 2 threads): min 168.6, median 433.1; the plain nets before (benchmarks/results/pre_parity/): "
+        "min 104.3, median 306.5 over 13; untrained (prefill only, plain nets): 13-60.5; a uniform random policy ~22"),
     # PlaNet on CartPole (categorical CEM, continue head), shrunk to fit the suite: RSSM 64/8/64, 16 x 16 chunks,
     # 50 updates per 4 planned episodes, CEM 100 candidates / top 10 / 3 iterations / horizon 10, episodes
     # capped at 200 steps (so a good planner's eval stays cheap).
