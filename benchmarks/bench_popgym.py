@@ -259,16 +259,8 @@ def load_runs(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
 
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and a 95% percentile-bootstrap CI over seeds (10,000 resamples)."""
-    import numpy as np
-    x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(0)
-    means = rng.choice(x, (10_000, x.size)).mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def table(args) -> dict:
+    from cpcrl.stats import bootstrap_interval, mean_interval, mean_score, normalise  # not in the sb3 venv
     runs = [r for r in load_runs(Path(args.out)) if r["steps"] == args.steps]
     configs = sorted({(r["lib"], r["agent"]) for r in runs})
     per_task = {}
@@ -278,7 +270,7 @@ def table(args) -> dict:
             rs = [r for r in runs if (r["lib"], r["agent"], r["task"]) == (lib, agent, task)]
             if rs:
                 per_task[task][f"{lib}/{agent}"] = {
-                    "held": mean_ci([held(r) for r in rs]), "mmer": statistics.fmean(r["mmer"] for r in rs),
+                    "held": mean_interval([held(r) for r in rs]), "mmer": statistics.fmean(r["mmer"] for r in rs),
                     "seeds": sorted(r["seed"] for r in rs), "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
     aggregate, suite = {}, suite_scores()
     for lib, agent in configs:
@@ -286,14 +278,12 @@ def table(args) -> dict:
         tasks = [t for t in args.tasks if key in per_task[t]]
         if tasks:
             # normalised per task by conf/suite/popgym_easy.yaml ((held - random) / (1 - random)), then the mean
-            # over tasks; 95% CI by a stratified bootstrap (seeds resampled within each task)
-            import numpy as np
-            rng = np.random.default_rng(0)
-            scores = [[(held(r) - suite[t][0]) / (suite[t][1] - suite[t][0]) for r in runs
-                       if (r["lib"], r["agent"], r["task"]) == (lib, agent, t)] for t in tasks]
-            boot = [np.mean([rng.choice(s, len(s)).mean() for s in scores]) for _ in range(2000)]
-            aggregate[key] = {"tasks": len(tasks), "mean_normalised": float(np.mean([np.mean(s) for s in scores])),
-                              "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+            # over tasks; 95% CI by cpcrl.stats' stratified bootstrap (seeds resampled within each task), as
+            # cpcrl-report computes it
+            scores = [normalise([held(r) for r in runs if (r["lib"], r["agent"], r["task"]) == (lib, agent, t)],
+                                *suite[t]) for t in tasks]
+            point, low, high = bootstrap_interval(mean_score, [scores])
+            aggregate[key] = {"tasks": len(tasks), "mean_normalised": float(point), "ci": [float(low), float(high)]}
     lines = ["| task | " + " | ".join(f"{lib}/{agent} held (95% CI) · MMER" for lib, agent in configs) + " |",
              "|---|" + "---|" * len(configs)]
     for task, cells in per_task.items():
@@ -318,6 +308,7 @@ PROBE_TASKS = ["RepeatFirstEasy", "RepeatPreviousEasy", "CountRecallEasy", "Posi
 def probe(args) -> dict:
     """Belief probes (cpcrl.probes: the env's hidden state decoded from the belief on held-out episodes, with the
     random-init-agent and raw-observation controls) of every cpcrl run of PROBE_TASKS; mean and 95% CI over seeds."""
+    from cpcrl.stats import mean_interval  # not in the sb3 venv
     out, rows = Path(args.out), []
     runs = [r for r in load_runs(out) if r["lib"] == "cpcrl" and r["task"] in PROBE_TASKS and r["steps"] == args.steps]
 
@@ -340,8 +331,9 @@ def probe(args) -> dict:
                 continue
             scores = {k: v for k, v in rs[0]["probe"].items() if isinstance(v, (int, float))
                       and k.split("/")[-1] in ("class_acc", "state_r2", "class_acc_mlp", "state_r2_mlp")}
-            table[f"{task}/{agent}"] = {"held": mean_ci([r["held"] for r in rs]), "seeds": [r["seed"] for r in rs],
-                                        **{k: mean_ci([r["probe"][k] for r in rs]) for k in scores}}
+            table[f"{task}/{agent}"] = {"held": mean_interval([r["held"] for r in rs]),
+                                        "seeds": [r["seed"] for r in rs],
+                                        **{k: mean_interval([r["probe"][k] for r in rs]) for k in scores}}
     for key, cells in table.items():
         print(key, {k: (round(v[0], 3), round(v[1], 3), round(v[2], 3)) if isinstance(v, tuple) else v
                     for k, v in cells.items()})

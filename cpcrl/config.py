@@ -121,7 +121,7 @@ def validate(cfg: DictConfig) -> None:
     check_device(cfg.device)
     number("train.max_minutes", cfg.train.get("max_minutes"), low=0, low_open=True, optional=True, unit="minutes")
     integer("eval.reset_hidden_every", cfg.eval.get("reset_hidden_every"), optional=True)
-    for key in ("eval.cube_uniform_states", "eval.cube_per_distance"):
+    for key in ("eval.cube_uniform_states", "eval.cube_per_distance", "eval.cube_curve_states"):
         non_negative_int(key, _get(cfg, key))
     positive_int("eval.cube_max_steps", cfg.eval.cube_max_steps)
     for key in ("solve.cubes", "solve.beam_width", "solve.max_depth", "solve.max_beams"):

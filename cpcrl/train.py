@@ -71,7 +71,8 @@ def load_agent_state(agent, payload: dict, source) -> None:
 
 def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=(), final: bool = False) -> dict[str, float]:
     """The eval metrics; for the cube also the solve rate per scramble length (`depths`) and, at a final eval,
-    the evaluation by true distance and on uniformly random states (eval.cube_*, `cpcrl.cube_eval`)."""
+    the evaluation by true distance and on uniformly random states (eval.cube_*, `cpcrl.cube_eval`); the
+    uniform figure also at every periodic eval with eval.cube_curve_states (the training curve)."""
     metrics = evaluate(agent, eval_envs, episodes, greedy=cfg.eval.greedy)
     if cfg.eval.get("reset_hidden_every"):
         k = int(cfg.eval.reset_hidden_every)
@@ -84,14 +85,16 @@ def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=(), fi
             metrics[f"eval/solve_rate_d{int(d)}"] = evaluate(agent, eval_envs, episodes,
                                                              cfg.eval.greedy)["eval/solve_rate"]
         eval_envs.set_start(mode, base_depth)
-    if final and hasattr(eval_envs, "set_start") and cfg.eval.cube_uniform_states + cfg.eval.cube_per_distance:
-        from cpcrl.cube_eval import evaluate_by_distance, evaluate_uniform
+    if not hasattr(eval_envs, "set_start"):
+        return metrics
+    from cpcrl.cube_eval import evaluate_by_distance, evaluate_uniform
 
-        steps = int(cfg.eval.cube_max_steps)
-        if cfg.eval.cube_per_distance:
-            metrics.update(evaluate_by_distance(agent, int(cfg.eval.cube_per_distance), max_steps=steps))
-        if cfg.eval.cube_uniform_states:
-            metrics.update(evaluate_uniform(agent, int(cfg.eval.cube_uniform_states), max_steps=steps))
+    steps = int(cfg.eval.cube_max_steps)
+    if final and cfg.eval.cube_per_distance:
+        metrics.update(evaluate_by_distance(agent, int(cfg.eval.cube_per_distance), max_steps=steps))
+    uniform = int(cfg.eval.cube_uniform_states if final else cfg.eval.cube_curve_states)
+    if uniform:  # the curve's evals use the first cube_curve_states of the final eval's cubes (fixed seed)
+        metrics.update(evaluate_uniform(agent, uniform, max_steps=steps))
     return metrics
 
 

@@ -293,6 +293,7 @@ def test_render_ansi():
         (dict(render_mode="human"), "render_mode='human' is invalid"),
         (dict(curriculum={"treshold": 0.5}), "unknown keys"),
         (dict(curriculum={"threshold": 1.5}), "curriculum.threshold"),
+        (dict(curriculum={"mix": 1.5}), "curriculum.mix"),
     ],
 )
 def test_bad_kwargs(kwargs, match):
@@ -568,6 +569,38 @@ def test_curriculum_spread():
     vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, start_depth=1, spread=1))
     depths = vec._draw_depths(3000)
     assert set(depths.tolist()) == {1, 2}  # 0 is clipped up to 1
+
+
+def test_curriculum_mix_draws_back_from_all_learnt_levels():
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, max_depth=9, start_depth=6, spread=1, mix=0.5))
+    vec.reset(seed=0)
+    depths = vec._draw_depths(20000)
+    # half in the band 5..7 (1/6 each from it), half uniform on 1..6 (1/12 each): P(1) = 1/12, P(6) = 1/6 + 1/12
+    assert set(depths.tolist()) == set(range(1, 8))
+    assert abs((depths == 1).mean() - 1 / 12) < 0.01
+    assert abs((depths == 6).mean() - (1 / 6 + 1 / 12)) < 0.015
+    assert abs((depths == 7).mean() - 1 / 6) < 0.015
+
+
+def test_curriculum_mix_counts_only_the_band_towards_a_raise():
+    vec = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, max_depth=9, start_depth=5, spread=1, mix=0.5))
+    vec.reset(seed=0)
+    # 20 easy episodes (levels 1-3, below the band 4..6), all solved: they do not fill the window
+    vec._record_outcomes(np.ones(20, dtype=bool), np.array([1, 2, 3, 3] * 5))
+    assert vec.curriculum_depth == 5
+    # 10 band episodes with 7 solved: 0.7 < 0.8, though with the easy ones it would be 27 / 30
+    vec._record_outcomes(np.array([False] * 3 + [True] * 7), np.array([4, 5, 6, 5, 4, 6, 5, 5, 4, 6]))
+    assert vec.curriculum_depth == 5
+    vec._record_outcomes(np.ones(10, dtype=bool), np.full(10, 5))
+    assert vec.curriculum_depth == 6
+
+
+def test_curriculum_mix_off_draws_nothing_extra():
+    # mix=0 must leave fixed-seed runs as they were: the same depths from the same seed as without the key
+    a = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, max_depth=9, start_depth=4, spread=1))
+    b = Cube2x2VectorEnv(num_envs=4, curriculum=dict(CUR, max_depth=9, start_depth=4, spread=1, mix=0.0))
+    a.reset(seed=3), b.reset(seed=3)
+    assert np.array_equal(a._draw_depths(500), b._draw_depths(500))
 
 
 def test_set_scramble_depth_disables_curriculum():

@@ -206,11 +206,15 @@ def test_cli_cube_run_reports_true_distances_and_mode_solve_writes_solve_json(tm
     from tests.conftest import cpcrl
 
     run = tmp_path / "run"
-    cpcrl("agent=reinforce", "env=cube2x2", "env.scramble_depth=1", "train.total_steps=2000", "eval.every=0",
+    cpcrl("agent=reinforce", "env=cube2x2", "env.scramble_depth=1", "train.total_steps=2000", "eval.every=1000",
           "eval.episodes=20", "eval.num_envs=20", "eval.cube_uniform_states=300", "eval.cube_per_distance=40",
-          "logger=none", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
+          "eval.cube_curve_states=50", "logger=none", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
     summary = json.loads((run / "summary.json").read_text())
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    # the training curve: every periodic eval has the uniform figure on the first 50 cubes, the final on 300
+    curve = [r for r in rows[:-1] if "eval/solve_rate" in r]
+    assert curve and all(r["eval/uniform_states"] == 50 and "eval/solve_rate_dist1" not in r for r in curve)
     for key in ("eval/solve_rate_uniform", "eval/solve_rate_dist1", "eval/solve_rate_dist14"):
         assert summary[key] == last[key] and 0.0 <= summary[f"{key}_ci_low"] <= summary[key]
         assert summary[key] <= summary[f"{key}_ci_high"] <= 1.0

@@ -258,7 +258,7 @@ def _check_scramble(value: Any) -> str:
     return choice("env.scramble", value, SCRAMBLES)
 
 
-_CURRICULUM_DEFAULTS = dict(enabled=True, start_depth=1, max_depth=14, threshold=0.8, window=1000, spread=1)
+_CURRICULUM_DEFAULTS = dict(enabled=True, start_depth=1, max_depth=14, threshold=0.8, window=1000, spread=1, mix=0.0)
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -271,6 +271,11 @@ class _Curriculum:
     Keeps the outcomes of the last ``window`` finished episodes in a ring buffer; the depth goes up by one
     when their solve rate reaches ``threshold`` and ``window`` episodes have finished since the last raise
     (so the rate is measured entirely at the current depth).
+
+    ``mix`` > 0 keeps the levels already learnt in training: that fraction of the starts is drawn uniformly
+    from 1..depth instead of depth +- spread. Those easier episodes would inflate the window's solve rate, so
+    with ``mix`` > 0 the window counts only the episodes that started at a level >= depth - spread (a
+    mixed-back start that falls in the current band counts; it is the same episode as one drawn there).
     """
 
     def __init__(self, cfg: dict):
@@ -289,14 +294,19 @@ class _Curriculum:
         self.spread = _check_int("curriculum.spread", c["spread"], 0)
         self.threshold = float(c["threshold"])
         number("env.curriculum.threshold", self.threshold, 0, 1, low_open=True)
+        self.mix = float(number("env.curriculum.mix", c["mix"], 0, 1))
         self.depth = self.start_depth
         self.outcomes = np.zeros(self.window, dtype=bool)
         self.pos = 0  # next slot of the ring buffer
         self.since_raise = 0  # episodes finished since the last raise (capped at window)
 
-    def record(self, solved: np.ndarray) -> bool:
-        """Add finished episodes' outcomes; returns True when this raised the depth."""
-        solved = np.asarray(solved, dtype=bool).reshape(-1)[-self.window :]
+    def record(self, solved: np.ndarray, levels: np.ndarray | None = None) -> bool:
+        """Add finished episodes' outcomes (their start ``levels`` beside); returns True when this raised the
+        depth."""
+        solved = np.asarray(solved, dtype=bool).reshape(-1)
+        if self.mix > 0 and levels is not None:
+            solved = solved[np.asarray(levels).reshape(-1) >= self.depth - self.spread]
+        solved = solved[-self.window :]
         k = len(solved)
         if k == 0:
             return False
@@ -311,9 +321,13 @@ class _Curriculum:
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.spread == 0:
-            return np.full(n, self.depth, dtype=np.int64)
-        d = self.depth + rng.integers(-self.spread, self.spread + 1, size=n)
-        return np.clip(d, 1, self.max_depth)
+            d = np.full(n, self.depth, dtype=np.int64)
+        else:
+            d = np.clip(self.depth + rng.integers(-self.spread, self.spread + 1, size=n), 1, self.max_depth)
+        if self.mix > 0:  # no draw at all when off: fixed-seed runs without mix are unchanged
+            back = rng.random(n) < self.mix
+            d = np.where(back, rng.integers(1, self.depth + 1, size=n), d)
+        return d
 
     def get_state(self) -> dict:
         return dict(
@@ -405,8 +419,8 @@ class _DepthSchedule:
         states = cube_distance.sample_uniform(self.np_random, len(depths))
         return cube_distance.optimal_distance(states), states
 
-    def _record_outcomes(self, solved: np.ndarray) -> None:
-        if self._curriculum_on and self.curriculum.record(solved):
+    def _record_outcomes(self, solved: np.ndarray, levels: np.ndarray | None = None) -> None:
+        if self._curriculum_on and self.curriculum.record(solved, levels):
             self._clear_pool()
 
     def _clear_pool(self) -> None:
@@ -537,7 +551,7 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         solved = bool((self.state == self.state[_FACE_FIRST]).all())
         truncated = not solved and self._steps >= self.max_steps
         if solved or truncated:
-            self._record_outcomes([solved])
+            self._record_outcomes([solved], [self._depth])
         reward = -1.0 + (self.solve_bonus if solved else 0.0)
         return obs.copy(), reward, solved, truncated, {"solved": solved, "scramble_depth": self._depth,
                                                        **self._hidden()}
@@ -725,7 +739,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         ended = done.nonzero()[0] if to_reset != 0 else ()  # None: not counted (numpy path)
         if len(ended):
             if self._curriculum_on:
-                self._record_outcomes(solved[ended])
+                self._record_outcomes(solved[ended], depths[ended])
             sl = self._next_scrambles(len(ended))
             self._bufs[self._cur].heads[ended] = self._pool_h[sl]
             self._depths[ended] = self._pool_d[sl]
