@@ -39,7 +39,7 @@ def load_agent(path: str):
     agent = build_agent(cfg, envs, torch.device("cpu"))
     load_agent_state(agent, payload, path)
     agent.eval()
-    return agent, cfg, payload
+    return agent, cfg, payload, envs.frame
 
 
 def _commit() -> str:
@@ -63,15 +63,17 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    agent, cfg, payload = load_agent(args.checkpoint)
+    agent, cfg, payload, frame = load_agent(args.checkpoint)
     out = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
            "commit": _commit(),
            "command": " ".join(sys.argv), "checkpoint": args.checkpoint, "agent": payload["agent_name"],
-           "env_step": payload["counters"]["env_step"], "threads": args.threads, "greedy": {}, "beam": []}
+           "env_step": payload["counters"]["env_step"], "frame": frame, "threads": args.threads, "greedy": {},
+           "beam": []}
     if not args.skip_greedy:
         t0 = time.perf_counter()
-        out["greedy"].update(evaluate_uniform(agent, args.uniform, max_steps=args.greedy_max_steps))
-        out["greedy"].update(evaluate_by_distance(agent, args.per_distance, max_steps=args.greedy_max_steps))
+        out["greedy"].update(evaluate_uniform(agent, args.uniform, max_steps=args.greedy_max_steps, frame=frame))
+        out["greedy"].update(evaluate_by_distance(agent, args.per_distance, max_steps=args.greedy_max_steps,
+                                                       frame=frame))
         out["greedy"]["seconds"] = time.perf_counter() - t0
         g = out["greedy"]
         print(f"greedy uniform: solve {g['eval/solve_rate_uniform']:.4f} [{g['eval/solve_rate_uniform_ci_low']:.4f}, "
@@ -81,7 +83,7 @@ def main() -> None:
     for vw in [float(x) for x in args.value_weights.split(",")]:
         for w in [int(x) for x in args.widths.split(",")]:
             res = beam_search(agent, states, beam_width=w, max_depth=args.max_depth, value_weight=vw,
-                              max_beams=args.max_beams)
+                              max_beams=args.max_beams, frame=frame)
             m = {"value_weight": vw, **res.metrics()}
             out["beam"].append(m)
             print(f"beam {w:5d} vw {vw:g}: solve {m['solve/solve_rate']:.4f}  ratio "

@@ -14,7 +14,9 @@ Orientation: by default every state is also turned as a whole by a uniform rando
 any way up; ``is_solved`` ignores orientation). An agent trained on ``env.scramble=moves`` has seen short
 scrambles only near the home orientation, so this is harder for it at small distances than its
 ``eval/solve_rate_d<k>``; ``rotate=False`` gives the same positions in the canonical frame (D-L-B corner home,
-D down) to separate the two effects (docs/BENCHMARKS.md has both for one checkpoint).
+D down) to separate the two effects (docs/BENCHMARKS.md has both for one checkpoint). An agent trained with
+``env.frame=corner`` is played in that frame (``frame="corner"``): it sees every state held by its D-L-B corner
+and its D, L, B turns act as in its env (``cube2x2.CORNER_MOVE``), so rotating the states changes nothing for it.
 
 Metric names (flat dict, ``prefix`` defaults to ``eval/``):
 
@@ -45,8 +47,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cpcrl.checks import positive_int
-from cpcrl.envs.cube2x2 import HISTORY, apply_moves, encode_obs, is_solved, optimal_distance
+from cpcrl.checks import choice, positive_int
+from cpcrl.envs.cube2x2 import CORNER_MOVE, FRAMES, HISTORY, apply_moves, encode_obs, hold, is_solved, optimal_distance
 from cpcrl.envs.cube_distance import GODS_NUMBER, sample_at_distance, sample_uniform
 from cpcrl.errors import ConfigError
 
@@ -80,14 +82,17 @@ def mean_interval(x, z: float = Z95) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def greedy_lengths(agent, states: np.ndarray, max_steps: int = 30, batch_size: int = 4096) -> np.ndarray:
+def greedy_lengths(agent, states: np.ndarray, max_steps: int = 30, batch_size: int = 4096,
+                   frame: str = "free") -> np.ndarray:
     """int64[N]: quarter turns the greedy agent takes to solve each state, -1 if not within ``max_steps``
-    (0 for a state that starts solved). Cubes are played ``batch_size`` at a time; a solved cube leaves the
-    batch (its belief state is indexed out), so the cost is the steps actually played."""
+    (0 for a state that starts solved), played in ``frame`` (the agent's ``env.frame``). Cubes are played
+    ``batch_size`` at a time; a solved cube leaves the batch (its belief state is indexed out), so the cost is
+    the steps actually played."""
     from cpcrl.solve import index_state, state_batch_dims
 
     max_steps, batch_size = positive_int("max_steps", max_steps), positive_int("batch_size", batch_size)
-    states = np.ascontiguousarray(states, dtype=np.uint8).reshape(-1, 24)
+    frame = choice("frame", frame, FRAMES)
+    states = hold(np.ascontiguousarray(states, dtype=np.uint8).reshape(-1, 24), frame)
     lengths = np.full(len(states), -1, dtype=np.int64)
     lengths[is_solved(states)] = 0
     device = getattr(agent, "device", torch.device("cpu"))
@@ -107,6 +112,8 @@ def greedy_lengths(agent, states: np.ndarray, max_steps: int = 30, batch_size: i
             obs = torch.from_numpy(encode_obs(stick, hist)).to(device)
             action, state = agent.act(obs, state, first, None, explore=False)
             a = action.cpu().numpy().astype(np.int64).reshape(-1)
+            if frame == "corner":
+                a = CORNER_MOVE[a]
             stick = apply_moves(stick, a)
             hist = np.concatenate([a[:, None], hist[:, :-1]], axis=1)
             solved = is_solved(stick)
@@ -138,7 +145,7 @@ def _group_metrics(lengths: np.ndarray, optimal: np.ndarray, suffix: str, prefix
 
 def evaluate_by_distance(agent, per_distance: int = 1000, distances=range(1, GODS_NUMBER + 1), max_steps: int = 30,
                          seed: int = EVAL_SEED, batch_size: int = 4096, prefix: str = "eval/",
-                         rotate: bool = True) -> dict[str, float]:
+                         rotate: bool = True, frame: str = "free") -> dict[str, float]:
     """Greedy solve rate and mean length / optimal per exact distance (names in the module docstring)."""
     per_distance = positive_int("per_distance", per_distance)
     distances = [int(d) for d in distances]
@@ -148,7 +155,7 @@ def evaluate_by_distance(agent, per_distance: int = 1000, distances=range(1, GOD
     rng = np.random.default_rng(seed)
     dist = np.repeat(np.asarray(distances, dtype=np.int64), per_distance)
     states = sample_at_distance(rng, dist, rotate)
-    lengths = greedy_lengths(agent, states, max_steps, batch_size)
+    lengths = greedy_lengths(agent, states, max_steps, batch_size, frame)
     out: dict[str, float] = {}
     for d in distances:
         sel = dist == d
@@ -159,12 +166,13 @@ def evaluate_by_distance(agent, per_distance: int = 1000, distances=range(1, GOD
 
 
 def evaluate_uniform(agent, states: int = 10_000, max_steps: int = 30, seed: int = EVAL_SEED + 1,
-                     batch_size: int = 4096, prefix: str = "eval/", rotate: bool = True) -> dict[str, float]:
+                     batch_size: int = 4096, prefix: str = "eval/", rotate: bool = True,
+                     frame: str = "free") -> dict[str, float]:
     """Greedy solve rate and mean length / optimal on uniformly random states (names in the module docstring)."""
     states = positive_int("states", states)
     start = sample_uniform(np.random.default_rng(seed), states, rotate=rotate)
     optimal = optimal_distance(start)
-    lengths = greedy_lengths(agent, start, max_steps, batch_size)
+    lengths = greedy_lengths(agent, start, max_steps, batch_size, frame)
     out = _group_metrics(lengths, optimal, "uniform", prefix)
     solved = lengths >= 0
     if solved.any():
@@ -176,8 +184,10 @@ def evaluate_uniform(agent, states: int = 10_000, max_steps: int = 30, seed: int
 
 
 def evaluate_cube(agent, uniform_states: int = 10_000, per_distance: int = 1000, max_steps: int = 30,
-                  batch_size: int = 4096, prefix: str = "eval/") -> dict[str, float]:
+                  batch_size: int = 4096, prefix: str = "eval/", frame: str = "free") -> dict[str, float]:
     """Both evaluations in one flat dict (what a training run's final eval and ``mode=eval`` should report)."""
-    out = evaluate_by_distance(agent, per_distance, max_steps=max_steps, batch_size=batch_size, prefix=prefix)
-    out.update(evaluate_uniform(agent, uniform_states, max_steps=max_steps, batch_size=batch_size, prefix=prefix))
+    out = evaluate_by_distance(agent, per_distance, max_steps=max_steps, batch_size=batch_size, prefix=prefix,
+                               frame=frame)
+    out.update(evaluate_uniform(agent, uniform_states, max_steps=max_steps, batch_size=batch_size, prefix=prefix,
+                                frame=frame))
     return out

@@ -42,6 +42,11 @@ permutation's parity, so a position can only recur an even number of moves later
 commonest). The best ``beam_width`` survivors are the next beams, each with its parent's belief state indexed
 out and the move committed. Nothing per cube or per beam runs in Python: cubes x beams are flat arrays.
 
+Frame: an agent trained with ``env.frame=corner`` is searched in that frame (``frame="corner"``): the start
+states are held by their D-L-B corner, a D, L or B action is the turn ``CORNER_MOVE`` makes of it, and each
+child is one of the 6 distinct turns, scored by the summed probability of the two actions that make it. The
+solution moves are then the turns as applied to the held start state.
+
 ``states_expanded`` counts beams put through the network (one per node expanded); ``cubes_per_s`` is the
 number of cubes over the wall-clock seconds of the whole search, network included.
 """
@@ -55,8 +60,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from cpcrl.checks import positive_int
-from cpcrl.envs.cube2x2 import HISTORY, N_MOVES, apply_moves, encode_obs, is_solved, optimal_distance
+from cpcrl.checks import choice, positive_int
+from cpcrl.envs.cube2x2 import (
+    CORNER_MOVE,
+    FRAMES,
+    HISTORY,
+    N_MOVES,
+    apply_moves,
+    encode_obs,
+    hold,
+    is_solved,
+    optimal_distance,
+)
 from cpcrl.envs.cube_distance import N_POSITIONS, position_index
 from cpcrl.errors import ConfigError
 
@@ -164,17 +179,19 @@ class SolveResult:
 
 @torch.no_grad()
 def beam_search(agent, states: np.ndarray, beam_width: int = 64, max_depth: int = 30, value_weight: float = 5.0,
-                max_beams: int = 65536) -> SolveResult:
+                max_beams: int = 65536, frame: str = "free") -> SolveResult:
     """Solve each cube in ``states`` (uint8[N,24]) by a batched beam search over ``agent``'s policy.
 
     ``max_beams`` caps the beams (cubes x beam_width) in one network batch: cubes are searched in chunks of
-    ``max(1, max_beams // beam_width)``. See the module docstring for the scores and the pruning.
+    ``max(1, max_beams // beam_width)``. ``frame`` is how the agent's env held the cube (``env.frame``). See the
+    module docstring for the scores and the pruning.
     """
     beam_width = positive_int("solve.beam_width", beam_width)
     max_depth = positive_int("solve.max_depth", max_depth)
     max_beams = positive_int("solve.max_beams", max_beams)
     value_weight = float(value_weight)
-    states = np.ascontiguousarray(states, dtype=np.uint8).reshape(-1, 24)
+    frame = choice("frame", frame, FRAMES)
+    states = hold(np.ascontiguousarray(states, dtype=np.uint8).reshape(-1, 24), frame)
     n = len(states)
     was_training = getattr(agent, "training", False)
     if hasattr(agent, "eval"):
@@ -187,15 +204,24 @@ def beam_search(agent, states: np.ndarray, beam_width: int = 64, max_depth: int 
     chunk = max(1, max_beams // beam_width)
     for lo in range(0, n, chunk):
         idx = np.arange(lo, min(n, lo + chunk))
-        expanded += _search_chunk(agent, states[idx], idx, dims, beam_width, max_depth, value_weight, lengths, moves)
+        expanded += _search_chunk(agent, states[idx], idx, dims, beam_width, max_depth, value_weight, lengths, moves,
+                                  frame)
     seconds = time.perf_counter() - t0
     if hasattr(agent, "train"):
         agent.train(was_training)
     return SolveResult(lengths, optimal_distance(states), moves, expanded, seconds, beam_width, max_depth)
 
 
+def _corner_children() -> tuple[np.ndarray, np.ndarray]:
+    """The other action that makes each turn in the corner frame, and which actions are the turns themselves."""
+    kept = CORNER_MOVE == np.arange(N_MOVES)
+    partner = CORNER_MOVE.copy()
+    partner[CORNER_MOVE[~kept]] = np.flatnonzero(~kept)
+    return partner, kept
+
+
 def _search_chunk(agent, start: np.ndarray, ids: np.ndarray, dims, width: int, max_depth: int, value_weight: float,
-                  lengths: np.ndarray, moves: np.ndarray) -> int:
+                  lengths: np.ndarray, moves: np.ndarray, frame: str = "free") -> int:
     device = getattr(agent, "device", torch.device("cpu"))
     done0 = is_solved(start)
     lengths[ids[done0]] = 0
@@ -219,7 +245,11 @@ def _search_chunk(agent, start: np.ndarray, ids: np.ndarray, dims, width: int, m
         obs = torch.from_numpy(encode_obs(stick, hist)).to(device)
         lp, value, state = policy_scores(agent, obs, state, is_first)
         expanded += len(cube)
-        cum = logp[:, None] + lp.float().cpu().numpy().astype(np.float64)  # cumulative log-prob of each child
+        lp = lp.float().cpu().numpy().astype(np.float64)
+        if frame == "corner":  # two actions make each turn: one child, with their summed probability
+            partner, kept = _corner_children()
+            lp = np.where(kept, np.logaddexp(lp, lp[:, partner]), -np.inf)
+        cum = logp[:, None] + lp  # cumulative log-prob of each child
         score = cum
         if value is not None and value_weight:
             score = cum + value_weight * value.float().cpu().numpy()[:, None]
@@ -293,7 +323,7 @@ def _search_chunk(agent, start: np.ndarray, ids: np.ndarray, dims, width: int, m
 
 
 def solve_uniform(agent, cubes: int = 10_000, beam_width: int = 64, max_depth: int = 30, value_weight: float = 5.0,
-                  max_beams: int = 65536, seed: int | None = None) -> dict[str, float]:
+                  max_beams: int = 65536, seed: int | None = None, frame: str = "free") -> dict[str, float]:
     """``mode=solve``'s measurement: beam search on ``cubes`` uniformly random states, flat ``solve/...`` metrics
     (``SolveResult.metrics``). The states are ``cube_eval.evaluate_uniform``'s (same seed, same first cubes)
     unless ``seed`` is given: the first ``cubes`` of those, so greedy and searched figures share cubes."""
@@ -302,4 +332,4 @@ def solve_uniform(agent, cubes: int = 10_000, beam_width: int = 64, max_depth: i
 
     cubes = positive_int("solve.cubes", cubes)
     states = sample_uniform(np.random.default_rng(EVAL_SEED + 1 if seed is None else seed), cubes)
-    return beam_search(agent, states, beam_width, max_depth, value_weight, max_beams).metrics()
+    return beam_search(agent, states, beam_width, max_depth, value_weight, max_beams, frame).metrics()

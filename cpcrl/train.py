@@ -89,12 +89,12 @@ def evaluate_all(cfg: DictConfig, agent, eval_envs, episodes: int, depths=(), fi
         return metrics
     from cpcrl.cube_eval import evaluate_by_distance, evaluate_uniform
 
-    steps = int(cfg.eval.cube_max_steps)
+    steps, frame = int(cfg.eval.cube_max_steps), eval_envs.frame  # played as the agent's env holds the cube
     if final and cfg.eval.cube_per_distance:
-        metrics.update(evaluate_by_distance(agent, int(cfg.eval.cube_per_distance), max_steps=steps))
+        metrics.update(evaluate_by_distance(agent, int(cfg.eval.cube_per_distance), max_steps=steps, frame=frame))
     uniform = int(cfg.eval.cube_uniform_states if final else cfg.eval.cube_curve_states)
     if uniform:  # the curve's evals use the first cube_curve_states of the final eval's cubes (fixed seed)
-        metrics.update(evaluate_uniform(agent, uniform, max_steps=steps))
+        metrics.update(evaluate_uniform(agent, uniform, max_steps=steps, frame=frame))
     return metrics
 
 
@@ -431,7 +431,7 @@ def solve_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, conso
     s = cfg.solve
     result = {"checkpoint": str(cfg.checkpoint.path), "env_step": payload["counters"]["env_step"],
               **solve_uniform(agent, int(s.cubes), int(s.beam_width), int(s.max_depth), float(s.value_weight),
-                              int(s.max_beams))}
+                              int(s.max_beams), frame=envs.frame)}
     write_json(run_dir / "solve.json", result)
     console.print(summary_table(f"solve: {payload['agent_name']}, beam width {s.beam_width}", result))
     console.print(f"wrote {run_dir / 'solve.json'}")

@@ -294,6 +294,7 @@ def test_render_ansi():
         (dict(curriculum={"treshold": 0.5}), "unknown keys"),
         (dict(curriculum={"threshold": 1.5}), "curriculum.threshold"),
         (dict(curriculum={"mix": 1.5}), "curriculum.mix"),
+        (dict(frame="fixed"), "env.frame='fixed': valid are free, corner"),
     ],
 )
 def test_bad_kwargs(kwargs, match):
@@ -792,3 +793,81 @@ def test_env_yaml_instantiates_every_scramble():
     with pytest.raises(ConfigError, match=r"^env=cube2x2: env.scramble_depth=20: must be in 0..14"):
         cube2x2.check_config(**bad)
     cube2x2.check_config(**OmegaConf.to_container(cfg))  # the default passes
+
+
+# ---------------------------------------------------------------------------------------------- frame
+
+
+def test_corner_move_is_the_opposite_turn_up_to_a_rotation():
+    from cpcrl.envs.cube_distance import canonical
+
+    # by hand: D+ D- L+ L- B+ B- act as U+ U- R+ R- F+ F- (U+ D- is a whole-cube rotation, so D- = U- up to one)
+    names = [MOVE_NAMES[a] for a in cube2x2.CORNER_MOVE]
+    assert names == ["U+", "U-", "U+", "U-", "R+", "R-", "R+", "R-", "F+", "F-", "F+", "F-"]
+    held = canonical(cube2x2.scramble(np.random.default_rng(5), np.full(500, 20)))
+    for a in range(12):
+        moved = apply_moves(held, np.full(500, a))
+        # the held cube after move a, turned back to be held by its corner, is the held cube after CORNER_MOVE[a]
+        assert np.array_equal(canonical(moved), apply_moves(held, np.full(500, cube2x2.CORNER_MOVE[a])))
+    assert np.array_equal(cube2x2.hold(held, "free"), held) and np.array_equal(cube2x2.hold(held, "corner"), held)
+
+
+@pytest.mark.parametrize("scramble_mode,curriculum", [("moves", None), ("moves", dict(CUR, spread=1, max_depth=9)),
+                                                      ("uniform", None)])
+def test_corner_frame_holds_every_state_by_its_corner(scramble_mode, curriculum, step_path):
+    """The free env's start states, held by their D-L-B corner; each step is the move then a re-grip (= the
+    turn CORNER_MOVE makes of it); rewards and flags as in the free env; the history holds the turns applied."""
+    from cpcrl.envs.cube_distance import canonical
+
+    kw = dict(num_envs=16, scramble_depth=4, max_steps=6, curriculum=curriculum, scramble=scramble_mode)
+    free, corner = Cube2x2VectorEnv(**kw), Cube2x2VectorEnv(frame="corner", **kw)
+    free.reset(seed=2)
+    o, info = corner.reset(seed=2)
+    history = np.full((16, 4), -1)
+    assert np.array_equal(corner.states, canonical(free.states)) and not np.array_equal(corner.states, free.states)
+    assert np.array_equal(o, encode_obs(corner.states, history))
+    rng = np.random.default_rng(1)
+    ends, age = 0, np.zeros(16, dtype=int)
+    for _ in range(300):
+        a = rng.integers(12, size=16)
+        before = corner.states
+        obs, rew, term, trunc, info = corner.step(a)
+        after = canonical(apply_moves(before, a))  # turn, then hold it by its corner again
+        assert np.array_equal(after, apply_moves(before, cube2x2.CORNER_MOVE[a]))
+        history = np.concatenate([cube2x2.CORNER_MOVE[a][:, None], history[:, :3]], axis=1)
+        assert np.array_equal(info["final_obs"], encode_obs(after, history))
+        age += 1
+        assert np.array_equal(term, is_solved(after)) and np.array_equal(trunc, ~term & (age >= 6))
+        assert np.array_equal(rew, np.where(term, 9.0, -1.0).astype(np.float32))
+        done = info["_final_obs"]
+        history[done], age[done] = -1, 0
+        assert np.array_equal(corner.states, canonical(corner.states))
+        assert np.array_equal(obs, encode_obs(corner.states, history))
+        ends += done.sum()
+    assert ends > 100
+    with pytest.raises(ValueError, match="actions must be"):
+        corner.step(np.r_[np.zeros(15, dtype=np.int64), 12])
+
+
+def test_corner_frame_single_env():
+    from cpcrl.envs.cube_distance import canonical
+
+    free, corner = Cube2x2Env(scramble_depth=3, max_steps=50), Cube2x2Env(scramble_depth=3, max_steps=50,
+                                                                         frame="corner")
+    free.reset(seed=4)
+    corner.reset(seed=4)
+    assert np.array_equal(corner.state, canonical(free.state[None])[0])
+    for a in [M["D+"], M["L-"], M["B+"], M["U+"]]:
+        before = corner.state
+        o, r, te, tr, _ = corner.step(a)
+        assert np.array_equal(corner.state, canonical(run(before, MOVE_NAMES[a])[None])[0]) and (r, te) == (-1, False)
+    assert o[144 + M["U+"]] == 1 and o[144 + 12 + M["F+"]] == 1  # B+ went in as F+
+    start = run(SOLVED, "R+", "U-")  # U, R, F turns leave the D-L-B corner home
+    corner.reset(options={"state": start})
+    assert np.array_equal(corner.state, start)
+    assert not corner.step(M["D+"])[2]  # undoes U- (D+ is U+ here) ...
+    assert corner.step(M["L-"])[2]  # ... and R+ (L- is R-): solved
+    from cpcrl.envs.cube_distance import ROTATIONS
+
+    corner.reset(options={"state": start[ROTATIONS[5]]})  # the same position turned as a whole: held the same
+    assert np.array_equal(corner.state, start)

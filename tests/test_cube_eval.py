@@ -76,6 +76,31 @@ def test_greedy_lengths_oracle_is_optimal_and_states_follow_cubes():
     assert np.array_equal(short, np.where(d <= 9, d, -1))  # unsolved within the budget: -1
 
 
+class CornerOracle(Oracle):
+    """Greedy on the exact table in the corner frame: checks that every state it sees is held by its D-L-B corner
+    and follows its cube, and picks the last best action, so D and B turns (which act as U and F) are played."""
+
+    def act(self, obs, state, is_first, action_mask=None, explore=True):
+        s = stickers(obs)
+        assert np.array_equal(cd.canonical(s), s)
+        first = is_first.numpy()
+        assert (state[0].numpy()[~first] == s[~first]).all()
+        nb = optimal_distance(s[:, MOVE_PERMS].reshape(-1, 24)).reshape(-1, 12)
+        a = 11 - nb[:, ::-1].argmin(1)
+        after = cd.canonical(s[np.arange(len(s))[:, None], MOVE_PERMS[a]])  # the turn, then held again
+        return torch.from_numpy(a), torch.from_numpy(after.astype(np.int64))[None]
+
+
+def test_greedy_lengths_in_the_corner_frame():
+    states = cd.sample_uniform(np.random.default_rng(0), 300)  # in random orientations
+    lengths = greedy_lengths(CornerOracle(), states, max_steps=14, batch_size=128, frame="corner")
+    assert np.array_equal(lengths, optimal_distance(states))
+    out = evaluate_uniform(CornerOracle(), states=200, max_steps=14, frame="corner")
+    assert out["eval/solve_rate_uniform"] == 1.0 and out["eval/length_ratio_uniform"] == 1.0
+    with pytest.raises(ConfigError, match="frame='fixed': valid are free, corner"):
+        greedy_lengths(CornerOracle(), states, frame="fixed")
+
+
 def test_evaluate_by_distance_names_and_values():
     out = evaluate_by_distance(Oracle(), per_distance=30, max_steps=14)
     for d in range(1, 15):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cpcrl.envs import cube_distance as cd
-from cpcrl.envs.cube2x2 import MOVE_PERMS, apply_moves, encode_obs, is_solved, optimal_distance
+from cpcrl.envs.cube2x2 import CORNER_MOVE, MOVE_PERMS, apply_moves, encode_obs, hold, is_solved, optimal_distance
 from cpcrl.errors import ConfigError
 from cpcrl.solve import beam_search, commit_action, index_state, policy_scores, state_batch_dims
 
@@ -74,8 +74,8 @@ class Recorder(Uniform):
         return lp, None, {"counts": counts, "depth": depth}
 
 
-def check_moves(states, result):
-    s = states.copy()
+def check_moves(states, result, frame="free"):
+    s = hold(states, frame).copy()
     for t in range(result.moves.shape[1]):
         m = result.moves[:, t].astype(np.int64)
         on = m >= 0
@@ -84,14 +84,15 @@ def check_moves(states, result):
     assert is_solved(s[result.lengths >= 0]).all()
 
 
-def test_uniform_policy_wide_beam_is_exact_on_short_distances():
+@pytest.mark.parametrize("frame", ["free", "corner"])
+def test_uniform_policy_wide_beam_is_exact_on_short_distances(frame):
     # positions 4 moves from a state: 534 at distance 4 + 27 at 2 + 1 at 0 = 562 <= 1024, so with duplicates
     # pruned the beam holds all of them and a distance-5 cube is found at depth 5 (12 * 11^3 raw paths would not fit)
     d = np.repeat(np.arange(1, 6), 12)
     states = cd.sample_at_distance(np.random.default_rng(0), d)
-    res = beam_search(Uniform(), states, beam_width=1024, max_depth=6)
+    res = beam_search(Uniform(), states, beam_width=1024, max_depth=6, frame=frame)
     assert np.array_equal(res.lengths, d) and np.array_equal(res.optimal, d)
-    check_moves(states, res)
+    check_moves(states, res, frame)
     m = res.metrics()
     assert m["solve/solve_rate"] == 1.0 and m["solve/length_ratio_mean"] == 1.0 and m["solve/optimal_fraction"] == 1.0
     assert m["solve/states_expanded"] == res.states_expanded > 0 and m["solve/cubes"] == 60
@@ -103,6 +104,29 @@ def test_oracle_policy_width_one_is_optimal_on_uniform_states():
     assert np.array_equal(res.lengths, optimal_distance(states))
     check_moves(states, res)
     assert res.states_expanded == optimal_distance(states).sum()  # one beam per cube per depth, stopped when solved
+
+
+def test_corner_frame_searches_the_six_turns_with_the_probability_of_both_actions():
+    states = cd.sample_uniform(np.random.default_rng(1), 200)
+    res = beam_search(Oracle(), states, beam_width=1, max_depth=14, frame="corner")
+    assert np.array_equal(res.lengths, optimal_distance(states))
+    check_moves(states, res, "corner")
+    played = res.moves[res.moves >= 0]
+    assert np.array_equal(CORNER_MOVE[played], played)  # only the U, R, F turns the held cube is turned by
+
+    class Aliases(Uniform):
+        """U+ 0.25 and D+ 0.25 (one turn in the corner frame: 0.5), F+ 0.45, the other 9 actions 0.05 / 9 each."""
+
+        def policy_scores(self, obs, state, is_first, mask):
+            p = torch.full((len(obs), 12), 0.05 / 9)
+            p[:, 0], p[:, 2], p[:, 8] = 0.25, 0.25, 0.45
+            return p.log(), None, state
+
+    start = apply_moves(apply_moves(cd.index_to_states([0]), [6]), [1])  # R+ then U-: held, 2 from solved
+    assert optimal_distance(start).tolist() == [2] and np.array_equal(hold(start, "corner"), start)
+    free = beam_search(Aliases(), start, beam_width=1, max_depth=2)  # keeps F+ (0.45 > 0.25): 3 away
+    held = beam_search(Aliases(), start, beam_width=1, max_depth=2, frame="corner")  # keeps U+ (0.5), then R-
+    assert free.lengths.tolist() == [-1] and held.lengths.tolist() == [2] and held.moves[0].tolist() == [0, 7]
 
 
 def test_unsolved_within_max_depth_and_solved_start():

@@ -35,6 +35,17 @@ from the group (``cube_distance.sample_uniform``), not by moves. ``info["scrambl
 level: the scramble length under ``moves``, the exact distance under ``distance`` and ``uniform``.
 ``optimal_distance(states)`` is the exact quarter-turn distance (table in ``cube_distance``).
 
+Frame (``frame=``)
+------------------
+``free`` (the default): the cube is seen as it lies; a turn of any face can leave it in any of 24 orientations,
+so each position shows up as 24 different sticker states. ``corner``: the cube is held by its D-L-B corner, as
+a person holds a pocket cube: start states are turned as a whole so that corner sits at D-L-B with its D colour
+down (``cube_distance.canonical``), and a turn of D, L or B is applied as the turn of the opposite face the same
+way about the same axis (``CORNER_MOVE``; ``U+ D-`` is a whole-cube rotation, so ``D-`` and ``U-`` reach the
+same position). The positions, solved states, rewards and distances are the same in both frames; ``corner``
+shows each position as one sticker state (3,674,160 instead of 24x that), and the move history holds the turns
+as applied. The action space stays Discrete(12) in both, so any agent runs in either.
+
 Observation (192 float32): sticker ``i``'s colour one-hot at ``[6*i : 6*i+6]`` (144 values), then the one-hot
 of the last 4 actions, most recent first, at ``144 + 12*k + a`` (48 values, all zero where there is no action
 yet, e.g. right after a reset).
@@ -59,7 +70,7 @@ from cpcrl.checks import choice, integer, number
 __all__ = [
     "SOLVED", "MOVE_NAMES", "MOVE_PERMS", "INVERSE_MOVE", "OBS_DIM",
     "apply_moves", "is_solved", "scramble", "encode_obs", "render_net", "Cube2x2Env", "Cube2x2VectorEnv",
-    "SCRAMBLES", "optimal_distance", "make_vector_env", "check_config",
+    "SCRAMBLES", "FRAMES", "CORNER_MOVE", "hold", "optimal_distance", "make_vector_env", "check_config",
 ]
 
 FACES = "UDLRFB"
@@ -173,6 +184,32 @@ def scramble(
     return (states, moves) if return_moves else states
 
 
+def _corner_moves() -> np.ndarray:
+    """CORNER_MOVE[a]: the turn that move a is in the frame that holds the D-L-B corner (module docstring)."""
+    kept = [2 * FACES.index(f) + s for f in "URF" for s in (0, 1)]  # turns that leave the D-L-B corner in place
+    alias = np.arange(N_MOVES)
+    for a in sorted(set(range(N_MOVES)) - set(kept)):
+        after = SOLVED[MOVE_PERMS[a]]
+        # the kept turn b with a = b up to a whole-cube rotation: undoing b after a leaves the cube solved
+        alias[a] = next(b for b in kept if is_solved(after[MOVE_PERMS[INVERSE_MOVE[b]]])[0])
+    return alias
+
+
+FRAMES = ("free", "corner")  # how the cube is held, see the module docstring
+CORNER_MOVE = _corner_moves()
+CORNER_MOVE.flags.writeable = False
+
+
+def hold(states: np.ndarray, frame: str) -> np.ndarray:
+    """States uint8[N,24] as seen in ``frame``: unchanged for ``free``, turned as a whole so the D-L-B corner is
+    home for ``corner``."""
+    if frame == "free":
+        return states
+    from cpcrl.envs.cube_distance import canonical  # lazy: cube_distance imports this module
+
+    return canonical(states)
+
+
 _STICKER_HOT = 6 * np.arange(24)  # obs index of sticker i's colour-0 float
 
 
@@ -256,6 +293,11 @@ def optimal_distance(states: np.ndarray) -> np.ndarray:
 
 def _check_scramble(value: Any) -> str:
     return choice("env.scramble", value, SCRAMBLES)
+
+
+def _check_actions(a: np.ndarray) -> None:
+    if a.size and (a.min() < 0 or a.max() >= N_MOVES):
+        raise ValueError(f"actions must be int[{a.size}] in [0, {N_MOVES}), got {a!r}")
 
 
 _CURRICULUM_DEFAULTS = dict(enabled=True, start_depth=1, max_depth=14, threshold=0.8, window=1000, spread=1, mix=0.0)
@@ -353,8 +395,10 @@ class _DepthSchedule:
 
     _pool_size = 64
 
-    def _init_schedule(self, scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble_mode) -> None:
+    def _init_schedule(self, scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble_mode,
+                       frame) -> None:
         self.scramble_mode = _check_scramble(scramble_mode)
+        self.frame = choice("env.frame", frame, FRAMES)
         self.fixed_depth = self._check_level("scramble_depth", scramble_depth)
         self.max_steps = _check_int("max_steps", max_steps, 1)
         self.solve_bonus = float(solve_bonus)
@@ -411,12 +455,12 @@ class _DepthSchedule:
     def _draw_states(self, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start states for levels ``depths`` in the current mode, and the level each reports."""
         if self.scramble_mode == "moves":
-            return depths, scramble(self.np_random, depths)
+            return depths, hold(scramble(self.np_random, depths), self.frame)
         from cpcrl.envs import cube_distance
 
         if self.scramble_mode == "distance":
-            return depths, cube_distance.sample_at_distance(self.np_random, depths)
-        states = cube_distance.sample_uniform(self.np_random, len(depths))
+            return depths, hold(cube_distance.sample_at_distance(self.np_random, depths), self.frame)
+        states = hold(cube_distance.sample_uniform(self.np_random, len(depths)), self.frame)
         return cube_distance.optimal_distance(states), states
 
     def _record_outcomes(self, solved: np.ndarray, levels: np.ndarray | None = None) -> None:
@@ -490,7 +534,7 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
 
     ``terminated`` when solved; ``truncated`` after ``max_steps`` steps unless that step solved.
     ``reset`` options: ``state`` (uint8[24], start there; reported depth -1) or ``scramble_depth`` (this reset only).
-    ``scramble``: moves | uniform | distance, the start states (module docstring).
+    ``scramble``: moves | uniform | distance, the start states; ``frame``: free | corner (module docstring).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -503,8 +547,9 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         curriculum: dict | None = None,
         render_mode: str | None = None,
         scramble: str = "moves",
+        frame: str = "free",
     ):
-        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble)
+        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble, frame)
         self.observation_space = spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
         self.action_space = spaces.Discrete(N_MOVES)
         self.state = SOLVED.copy()
@@ -521,8 +566,8 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
             state = np.asarray(options["state"], dtype=np.uint8)
             if state.shape != (24,):
                 raise ValueError(f"options['state'] has shape {state.shape}; expected (24,)")
-            self.state, self._depth = state.copy(), -1
-            self._obs[:] = encode_obs(state[None], np.full((1, HISTORY), -1))[0]
+            self.state, self._depth = hold(state[None], self.frame)[0].copy(), -1
+            self._obs[:] = encode_obs(self.state[None], np.full((1, HISTORY), -1))[0]
         elif "scramble_depth" in options:
             d = self._check_level("scramble_depth", options["scramble_depth"])
             depths, states = self._draw_states(np.array([d], dtype=np.int64))
@@ -541,6 +586,8 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         a = int(action)
         if not 0 <= a < N_MOVES:
             raise ValueError(f"action={action!r} is invalid: expected an int in [0, {N_MOVES})")
+        if self.frame == "corner":
+            a = int(CORNER_MOVE[a])
         self.state = self.state[MOVE_PERMS[a]]
         obs = self._obs
         obs[144 + N_MOVES :] = obs[144:-N_MOVES]  # shift the history (numpy buffers the overlap)
@@ -624,7 +671,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
     ``copy=False`` returns the obs in an internal buffer, valid until the next ``step``/``reset``, instead of a new
     array (``final_obs`` is always a new array).
     ``reset`` options: ``states`` (uint8[N,24]; reported depth -1) or ``scramble_depth`` (this reset only).
-    ``scramble``: moves | uniform | distance, the start states (module docstring).
+    ``scramble``: moves | uniform | distance, the start states; ``frame``: free | corner (module docstring).
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -639,10 +686,11 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
         render_mode: str | None = None,
         copy: bool = True,
         scramble: str = "moves",
+        frame: str = "free",
     ):
         self.num_envs = n = _check_int("num_envs", num_envs, 1)
         self._pool_size = max(4096, 2 * n)
-        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble)
+        self._init_schedule(scramble_depth, max_steps, solve_bonus, curriculum, render_mode, scramble, frame)
         self.copy = bool(copy)
         self.single_observation_space = spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
         self.single_action_space = spaces.Discrete(N_MOVES)
@@ -707,7 +755,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
                 raise ValueError(f"options['states'] has shape {states.shape}; expected ({n}, 24)")
             if states.max() > 5:  # a colour code outside _OBS_TABLE would make step reject every action
                 raise ValueError("options['states'] has colours outside 0..5")
-            rows[:, :24], self._depths[:] = states, -1
+            rows[:, :24], self._depths[:] = hold(states, self.frame), -1
         elif "scramble_depth" in options:
             d = self._check_level("scramble_depth", options["scramble_depth"])
             depths, rows[:, :24] = self._draw_states(np.full(n, d, dtype=np.int64))
@@ -732,6 +780,9 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
             a = a.astype(np.int64)
         if a.shape != (n,):
             raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
+        if self.frame == "corner":  # the turn as applied; the step's own range check would see only mapped ones
+            _check_actions(a)
+            a = CORNER_MOVE.take(a)
         if self._kernel is not None:
             final, obs, rewards, solved, truncated, done, depths, to_reset = self._advance_kernel(a)
         else:
@@ -810,14 +861,15 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
 
 
 def make_vector_env(num_envs: int, scramble_depth: int, max_steps: int, solve_bonus: float,
-                    curriculum: dict | None = None, scramble: str = "moves", name: str = "cube2x2") -> Cube2x2VectorEnv:
+                    curriculum: dict | None = None, scramble: str = "moves", name: str = "cube2x2",
+                    frame: str = "free") -> Cube2x2VectorEnv:
     """``conf/env/cube2x2.yaml``'s target: the config's keys -> a vector env (a curriculum that is not enabled
     is dropped, as in ``cpcrl.envs.factory.make_cube_env``, which has no ``scramble``)."""
     curriculum = dict(curriculum) if curriculum else None
     if curriculum is not None and not curriculum.get("enabled", False):
         curriculum = None
     return Cube2x2VectorEnv(num_envs=num_envs, scramble_depth=scramble_depth, max_steps=max_steps,
-                            solve_bonus=solve_bonus, curriculum=curriculum, scramble=scramble)
+                            solve_bonus=solve_bonus, curriculum=curriculum, scramble=scramble, frame=frame)
 
 
 def check_config(**env_kwargs) -> None:
