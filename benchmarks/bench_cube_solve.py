@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--widths", default="1,16,64,256,1024")
     ap.add_argument("--value-weights", default="0")
     ap.add_argument("--max-depth", type=int, default=30)
-    ap.add_argument("--max-beams", type=int, default=65536)
+    ap.add_argument("--max-beams", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-greedy", action="store_true")
     ap.add_argument("--json")

@@ -789,6 +789,9 @@ def test_env_yaml_instantiates_every_scramble():
         assert env.scramble_mode == kind and env.curriculum is None
     with pytest.raises(ConfigError, match="^env=cube2x2: env.scramble='x': valid are moves, uniform"):
         make_env(OmegaConf.merge(cfg, {"scramble": "x"}))
+    assert cfg.frame == "free" and hydra.utils.instantiate(OmegaConf.merge(cfg, {"frame": "corner"})).frame == "corner"
+    with pytest.raises(ConfigError, match="^env=cube2x2: env.frame='x': valid are free, corner$"):
+        make_env(OmegaConf.merge(cfg, {"frame": "x"}))
     bad = OmegaConf.to_container(OmegaConf.merge(cfg, {"scramble": "distance", "scramble_depth": 20}))
     with pytest.raises(ConfigError, match=r"^env=cube2x2: env.scramble_depth=20: must be in 0..14"):
         cube2x2.check_config(**bad)

@@ -223,14 +223,15 @@ def test_planet_and_bad_arguments_are_one_line_errors():
 
 
 def test_cli_cube_run_reports_true_distances_and_mode_solve_writes_solve_json(tmp_path):
-    """A real cube run carries the distance and uniform-state figures in metrics.jsonl and summary.json, and
-    `mode=solve checkpoint=<run>` runs the beam search over its policy into solve.json."""
+    """A real cube run (held by its corner) carries the distance and uniform-state figures in metrics.jsonl and
+    summary.json, and `mode=solve checkpoint=<run>` runs the beam search over its policy into solve.json."""
     import json
 
     from tests.conftest import cpcrl
 
     run = tmp_path / "run"
-    cpcrl("agent=reinforce", "env=cube2x2", "env.scramble_depth=1", "train.total_steps=2000", "eval.every=1000",
+    cpcrl("agent=reinforce", "env=cube2x2", "env.frame=corner", "env.scramble_depth=1", "train.total_steps=2000",
+          "eval.every=1000",
           "eval.episodes=20", "eval.num_envs=20", "eval.cube_uniform_states=300", "eval.cube_per_distance=40",
           "eval.cube_curve_states=50", "logger=none", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
     summary = json.loads((run / "summary.json").read_text())
