@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from cpcrl.checks import choice, positive_int
-from cpcrl.envs.cube2x2 import CORNER_MOVE, FRAMES, HISTORY, apply_moves, encode_obs, hold, is_solved, optimal_distance
+from cpcrl.envs.cube2x2 import FRAMES, HISTORY, apply_moves, encode_obs, hold, is_solved, optimal_distance, turns
 from cpcrl.envs.cube_distance import GODS_NUMBER, sample_at_distance, sample_uniform
 from cpcrl.errors import ConfigError
 
@@ -112,8 +112,7 @@ def greedy_lengths(agent, states: np.ndarray, max_steps: int = 30, batch_size: i
             obs = torch.from_numpy(encode_obs(stick, hist)).to(device)
             action, state = agent.act(obs, state, first, None, explore=False)
             a = action.cpu().numpy().astype(np.int64).reshape(-1)
-            if frame == "corner":
-                a = CORNER_MOVE[a]
+            a = turns(a, frame)
             stick = apply_moves(stick, a)
             hist = np.concatenate([a[:, None], hist[:, :-1]], axis=1)
             solved = is_solved(stick)

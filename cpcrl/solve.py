@@ -212,12 +212,11 @@ def beam_search(agent, states: np.ndarray, beam_width: int = 64, max_depth: int 
     return SolveResult(lengths, optimal_distance(states), moves, expanded, seconds, beam_width, max_depth)
 
 
-def _corner_children() -> tuple[np.ndarray, np.ndarray]:
-    """The other action that makes each turn in the corner frame, and which actions are the turns themselves."""
-    kept = CORNER_MOVE == np.arange(N_MOVES)
-    partner = CORNER_MOVE.copy()
-    partner[CORNER_MOVE[~kept]] = np.flatnonzero(~kept)
-    return partner, kept
+# The corner frame's children: _KEPT marks the actions that are turns themselves (U, R, F), _PARTNER[a] the other
+# action that makes the same turn (D+ for U+, ...), so a turn's probability is that of both actions.
+_KEPT = CORNER_MOVE == np.arange(N_MOVES)
+_PARTNER = CORNER_MOVE.copy()
+_PARTNER[CORNER_MOVE[~_KEPT]] = np.flatnonzero(~_KEPT)
 
 
 def _search_chunk(agent, start: np.ndarray, ids: np.ndarray, dims, width: int, max_depth: int, value_weight: float,
@@ -247,8 +246,7 @@ def _search_chunk(agent, start: np.ndarray, ids: np.ndarray, dims, width: int, m
         expanded += len(cube)
         lp = lp.float().cpu().numpy().astype(np.float64)
         if frame == "corner":  # two actions make each turn: one child, with their summed probability
-            partner, kept = _corner_children()
-            lp = np.where(kept, np.logaddexp(lp, lp[:, partner]), -np.inf)
+            lp = np.where(_KEPT, np.logaddexp(lp, lp[:, _PARTNER]), -np.inf)
         cum = logp[:, None] + lp  # cumulative log-prob of each child
         score = cum
         if value is not None and value_weight:

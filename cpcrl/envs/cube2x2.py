@@ -70,7 +70,7 @@ from cpcrl.checks import choice, integer, number
 __all__ = [
     "SOLVED", "MOVE_NAMES", "MOVE_PERMS", "INVERSE_MOVE", "OBS_DIM",
     "apply_moves", "is_solved", "scramble", "encode_obs", "render_net", "Cube2x2Env", "Cube2x2VectorEnv",
-    "SCRAMBLES", "FRAMES", "CORNER_MOVE", "hold", "optimal_distance", "make_vector_env", "check_config",
+    "SCRAMBLES", "FRAMES", "CORNER_MOVE", "turns", "hold", "optimal_distance", "make_vector_env", "check_config",
 ]
 
 FACES = "UDLRFB"
@@ -198,6 +198,12 @@ def _corner_moves() -> np.ndarray:
 FRAMES = ("free", "corner")  # how the cube is held, see the module docstring
 CORNER_MOVE = _corner_moves()
 CORNER_MOVE.flags.writeable = False
+
+
+def turns(actions: np.ndarray, frame: str) -> np.ndarray:
+    """The turns that ``actions`` (ints in 0..11) make in ``frame``: themselves for ``free``, ``CORNER_MOVE`` of
+    them for ``corner``."""
+    return actions if frame == "free" else CORNER_MOVE[actions]
 
 
 def hold(states: np.ndarray, frame: str) -> np.ndarray:
@@ -586,8 +592,7 @@ class Cube2x2Env(_DepthSchedule, gym.Env):
         a = int(action)
         if not 0 <= a < N_MOVES:
             raise ValueError(f"action={action!r} is invalid: expected an int in [0, {N_MOVES})")
-        if self.frame == "corner":
-            a = int(CORNER_MOVE[a])
+        a = int(turns(a, self.frame))
         self.state = self.state[MOVE_PERMS[a]]
         obs = self._obs
         obs[144 + N_MOVES :] = obs[144:-N_MOVES]  # shift the history (numpy buffers the overlap)
@@ -782,7 +787,7 @@ class Cube2x2VectorEnv(_DepthSchedule, VectorEnv):
             raise ValueError(f"actions must be int[{n}] in [0, {N_MOVES}), got {a!r}")
         if self.frame == "corner":  # the turn as applied; the step's own range check would see only mapped ones
             _check_actions(a)
-            a = CORNER_MOVE.take(a)
+            a = turns(a, self.frame)
         if self._kernel is not None:
             final, obs, rewards, solved, truncated, done, depths, to_reset = self._advance_kernel(a)
         else:
