@@ -10,7 +10,8 @@ all 1024 posterior states) and env steps/s of acting (policy + belief filter, 4 
 per version and size, on one CPU thread unless --threads. The training speed at a train ratio R follows:
 env steps/s ~ 1 / (1/acting_sps + R / (16 * 64 * updates_per_s)).
 learn: runs `cpcrl experiment=<name>` (the same code path a user runs) and stores its summary.json and the
-training-return curve from metrics.jsonl. Targets: cartpole >= 475 within 50k env steps (v3, xs);
+training-return curve from metrics.jsonl, the eval curve and "held" (the mean of the last three evaluations).
+Targets: cartpole >= 475 within 50k env steps (v3, xs);
 pendulum better than -250 within 20k env steps.
 """
 
@@ -88,8 +89,11 @@ def learn(args) -> dict:
     curve = [{k: row[k] for k in ("env_step", "train/episode_return", "dreamer/imagined_return",
                                    "perf/updates_per_s", "eval/return_mean") if k in row}
              for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    evals = [row for row in curve if "eval/return_mean" in row]
+    held = sum(row["eval/return_mean"] for row in evals[-3:]) / len(evals[-3:]) if evals else None
     return {"command": "cpcrl " + " ".join(overrides), "wall_s": round(time.time() - t0, 1),
-            "run_dir": str(run_dir), "summary": summary, "curve": curve}
+            "run_dir": str(run_dir), "eval_curve": [[row["env_step"], row["eval/return_mean"]] for row in evals],
+            "held_last3": held, "summary": summary, "curve": curve}
 
 
 def main() -> None:

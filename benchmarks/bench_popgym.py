@@ -5,6 +5,8 @@
     python benchmarks/bench_popgym.py throughput                            # paired env steps/s, same work
     python benchmarks/bench_popgym.py table --json                          # the tables from the finished runs
     python benchmarks/bench_popgym.py probe --json                          # belief probes on the runs' checkpoints
+    python benchmarks/bench_popgym.py learn --agent dreamer --label dreamer_r32 --set agent.train_ratio=32 \
+        --tasks RepeatPreviousEasy CountRecallEasy --seeds 0                # other settings: --set, named by --label
 
 Every run trains for the same env-step budget (`--steps`, all envs together) on one torch thread and evaluates
 the greedy (deterministic) policy on `EVAL_EPISODES` episodes every `steps / EVALS` env steps. A run's score is
@@ -58,14 +60,17 @@ def run_name(lib: str, agent: str, task: str, seed: int, steps: int) -> str:
 
 # --- cpcrl: the real CLI, one process per run ----------------------------------------------------------------
 
-def learn_cpcrl(agent: str, task: str, seed: int, steps: int, out: Path, evaluate: bool = True) -> dict:
-    run_dir = out / run_name("cpcrl", agent, task, seed, steps)
+def learn_cpcrl(agent: str, task: str, seed: int, steps: int, out: Path, evaluate: bool = True,
+                overrides: tuple[str, ...] = (), label: str | None = None) -> dict:
+    """`overrides`: extra Hydra overrides (after the suite's own); `label` names the runs (default: the agent)."""
+    label = label or agent
+    run_dir = out / run_name("cpcrl", label, task, seed, steps)
     evals = [f"eval.every={steps // EVALS}", f"eval.episodes={EVAL_EPISODES}", f"eval.num_envs={EVAL_EPISODES}"]
     cmd = [sys.executable, "-m", "cpcrl", f"agent={agent}", "env=popgym", f"env.task={task}", f"seed={seed}",
            f"train.total_steps={steps}", *(evals if evaluate else ["eval.every=0", "eval.episodes=8",
                                                                   "eval.num_envs=8"]),
            "train.log_every=512", f"checkpoint.every={steps}",
-           "logger=none", "device=cpu", "device.threads=1", f"hydra.run.dir={run_dir}"]
+           "logger=none", "device=cpu", "device.threads=1", f"hydra.run.dir={run_dir}", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -73,7 +78,7 @@ def learn_cpcrl(agent: str, task: str, seed: int, steps: int, out: Path, evaluat
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["env_step"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
     batches = [r["train/episode_return"] for r in rows if "train/episode_return" in r]
-    return {"lib": "cpcrl", "agent": agent, "task": task, "seed": seed, "steps": steps, "evals": evals,
+    return {"lib": "cpcrl", "agent": label, "task": task, "seed": seed, "steps": steps, "evals": evals,
             "mmer": max(batches) if batches else None, "wall_s": round(time.perf_counter() - t0, 1),
             "command": " ".join(["cpcrl", *cmd[3:]])}
 
@@ -199,7 +204,7 @@ def done_path(out: Path, lib: str, agent: str, task: str, seed: int, steps: int)
 def learn(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    agent = "RecurrentPPO" if args.lib == "sb3" else args.agent
+    agent = "RecurrentPPO" if args.lib == "sb3" else (args.label or args.agent)
     if args.lib == "sb3" and not sb3_python(args):
         sys.exit("sb3 runs need --sb3-python PATH (or CPCRL_SB3_PYTHON): a venv with sb3-contrib and popgym")
     todo = [(t, s) for t in args.tasks for s in args.seeds
@@ -210,7 +215,8 @@ def learn(args) -> None:
         if args.lib == "sb3":
             result = learn_sb3(args, task, seed, args.steps, out)
         else:
-            result = learn_cpcrl(args.agent, task, seed, args.steps, out)
+            result = learn_cpcrl(args.agent, task, seed, args.steps, out, overrides=tuple(args.set),
+                                 label=args.label)
             done_path(out, "cpcrl", agent, task, seed, args.steps).write_text(json.dumps(result))
         print(f"{args.lib} {agent} {task} seed {seed}: held {held(result):.3f} mmer {result['mmer']} "
               f"({result['wall_s']} s)", flush=True)
@@ -352,6 +358,9 @@ def main() -> None:
     p.add_argument("kind", nargs="?", default="all", choices=["learn", "throughput", "table", "probe", "all", "_sb3"])
     p.add_argument("--lib", default="cpcrl", choices=["cpcrl", "sb3"])
     p.add_argument("--agent", default="ppo_lstm", help="cpcrl agent (ppo_lstm | cpc_rl | ...)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="learn: extra cpcrl overrides, e.g. agent.train_ratio=32 (give --label too)")
+    p.add_argument("--label", default=None, help="learn: the runs' name in files and tables (default: --agent)")
     p.add_argument("--tasks", nargs="+", default=TASKS)
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
