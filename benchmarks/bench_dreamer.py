@@ -34,6 +34,7 @@ from cpcrl.agents import compose_agent
 from cpcrl.collector import Collector
 from cpcrl.device import make_device
 from cpcrl.envs.factory import make_gym_env
+from cpcrl.report import final_score
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
@@ -86,11 +87,12 @@ def learn(args) -> dict:
         raise SystemExit(f"cpcrl {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     run_dir = Path(proc.stdout.split("run dir:")[-1].split()[0])
     summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [{k: row[k] for k in ("env_step", "train/episode_return", "dreamer/imagined_return",
                                    "perf/updates_per_s", "eval/return_mean") if k in row}
-             for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+             for row in rows]
     evals = [row for row in curve if "eval/return_mean" in row]
-    held = sum(row["eval/return_mean"] for row in evals[-3:]) / len(evals[-3:]) if evals else None
+    held = final_score({"rows": rows, "summary": summary}, "eval/return_mean")  # cpcrl-report's "final"
     return {"command": "cpcrl " + " ".join(overrides), "wall_s": round(time.time() - t0, 1),
             "run_dir": str(run_dir), "eval_curve": [[row["env_step"], row["eval/return_mean"]] for row in evals],
             "held_last3": held, "summary": summary, "curve": curve}

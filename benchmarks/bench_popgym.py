@@ -204,6 +204,8 @@ def done_path(out: Path, lib: str, agent: str, task: str, seed: int, steps: int)
 def learn(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.set and not args.label:  # else they would share run names (and "done" files) with the plain runs
+        sys.exit("--set needs --label NAME: runs with other settings must not share the plain runs' names")
     agent = "RecurrentPPO" if args.lib == "sb3" else (args.label or args.agent)
     if args.lib == "sb3" and not sb3_python(args):
         sys.exit("sb3 runs need --sb3-python PATH (or CPCRL_SB3_PYTHON): a venv with sb3-contrib and popgym")
