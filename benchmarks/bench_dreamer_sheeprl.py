@@ -1,4 +1,5 @@
-"""Dreamer update throughput: ours (cpcrl) against sheeprl's dreamer_v3, side by side on this CPU.
+"""Dreamer update throughput: ours (cpcrl, `agent.version=v3`) against sheeprl 0.8.4's dreamer_v3, at matched compute
+on this CPU.
 
 What is timed, on both sides: one gradient update of the world model, then one of the actor and one of the critic
 (imagination of horizon 15 from all 16 * 64 posterior states of the batch), on a batch of 16 sequences x 64 steps of
@@ -12,28 +13,35 @@ gradient step:
   `EnvIndependentReplayBuffer` (`sample_batches`, one batch per step), the target-critic EMA, and its `train(...)`
   (world-model update, imagination, actor update, critic update, metric aggregation as with the default
   `metric.log_level=1`). The agent is built with its own `build_agent` from the Hydra config that its CLI composes
-  (`exp=dreamer_v3 algo=dreamer_v3_{S,XS} env=gym env.id=CartPole-v1 algo.mlp_keys.encoder=[vector]
+  (`exp=dreamer_v3 algo=dreamer_v3_{XS,S} env=gym env.id=CartPole-v1 algo.mlp_keys.encoder=[vector]
   algo.cnn_keys.encoder=[] algo.cnn_keys.decoder=[] algo.mlp_keys.decoder=[vector]
   algo.per_rank_batch_size=16 algo.per_rank_sequence_length=64 algo.horizon=15
   fabric.accelerator=cpu`), with a Lightning `Fabric` on the CPU (32-true, `algo.compile.enabled=False`, its default).
   The buffer holds 1100 steps of random CartPole-v1 play in sheeprl's storage format (4 envs, like ours).
   The CLI's environment loop, logging and checkpointing are left out: they are not part of a gradient update.
 
-Each worker builds its agent, runs `--warmup` updates, then times `--updates` updates (wall clock, perf_counter) and
-prints one JSON line. The runs are interleaved (round r: xs ours, xs sheeprl, s ours, s sheeprl, the order of the two
-sides flipped every round) so that the load of the machine falls on both alike; the table gives the median over the
-rounds of each side's updates/s and the ratio of the medians, ours / sheeprl (> 1: ours is faster).
+Matched sizes (the same network on both sides; the JSON records each side's dims and parameter counts):
+- XS: sheeprl `dreamer_v3_XS` (recurrent 256, dense 256, 1 MLP layer, 32 x 32 latents); ours built with the same
+  dims (`world_model.deter=256 world_model.hidden=256 world_model.encoder.layers=1 world_model.latents=32
+  world_model.classes=32`; our own `size=xs`, 128 wide with 16 x 16 latents, is smaller than any sheeprl preset).
+- S: sheeprl `dreamer_v3_S` against ours `agent/dreamer_size=s` (recurrent 512, dense 512, 2 layers, 32 x 32).
+Both sides use v3's layers: Linear (no bias) -> LayerNorm -> SiLU in every MLP, a LayerNorm GRU cell, two-hot reward
+and critic heads.
 
-Sizes. S: ours `size=s` (deter 512, units 512, 2 layers, 32 x 32 latents) against sheeprl `dreamer_v3_S`
-(recurrent 512, dense 512, 2 MLP layers, 32 x 32): the same DreamerV3 "S" preset. XS: ours `size=xs` (deter 128,
-units 128, 2 layers, 16 x 16 latents) against sheeprl `dreamer_v3_XS` (recurrent 256, dense 256, 1 MLP layer,
-32 x 32): NOT the same network; the nearest preset of each. The JSON records each side's dims and parameter counts.
-Other differences that remain at matched sizes: ours uses ELU (our world-model config's activation), sheeprl SiLU;
-ours updates actor and critic with one backward pass of their summed losses, sheeprl with two; ours reuses the
-imagination's actor pass and one critic pass for the REINFORCE losses (sheeprl runs both again); ours runs with the
-CLI's `device=cpu` setup, which includes `device.keep_freed_memory` (glibc malloc keeps freed blocks instead of
-page-faulting them in again). `--sheeprl-keep-freed-memory` gives sheeprl the same malloc setting (as glibc
-environment variables) to show the ratio with the allocator factored out.
+The allocator is the same on both sides: `--allocator keep-freed` (default) gives both processes glibc's
+`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^31-1` (what `cpcrl device=cpu` applies to itself through mallopt,
+`device.keep_freed_memory`: freed activations stay in the heap instead of being page-faulted in again every update);
+`--allocator default` gives neither (ours with `device.keep_freed_memory=false`).
+
+What still differs at matched compute is the algorithm's bookkeeping, which is what is being compared: ours updates
+actor and critic with one backward pass of their summed losses (sheeprl two), reuses the imagination's actor pass
+and one critic pass for the REINFORCE losses (sheeprl runs both again), and draws categorical samples by inverting
+the CDF (sheeprl: torch's multinomial sampling).
+
+Each worker builds its agent, runs `--warmup` updates, then times `--updates` updates (wall clock, perf_counter) and
+prints one JSON line. Round r runs, per size, ours and sheeprl back to back (the order flipped every round), so that
+the machine's load falls on both alike; the result is the median over the rounds of the paired ratio
+ours / sheeprl of that round's updates/s (> 1: ours is faster), at least 5 rounds by default.
 
 Setup (sheeprl in its own venv, never in the project's: its dependencies pin other pillow/opencv etc.; torch first,
 the CPU build, so that pip does not pull a CUDA torch):
@@ -42,11 +50,13 @@ the CPU build, so that pip does not pull a CUDA torch):
     /tmp/sheeprl-venv/bin/pip install torch==2.13.0        # +cpu build (here from the machine's local wheel index)
     /tmp/sheeprl-venv/bin/pip install sheeprl==0.8.4       # check first: pip install --dry-run sheeprl==0.8.4
 
-Run (from the repo root; ours runs with .venv/bin/python, sheeprl with --sheeprl-python, each in subprocesses):
+Run on an otherwise idle machine (from the repo root; ours runs with .venv/bin/python, sheeprl with
+--sheeprl-python, each in subprocesses):
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dreamer_sheeprl.py \\
         --json benchmarks/results/dreamer_sheeprl.json
-    # options: --sizes xs s --rounds 3 --updates-xs 5 --updates-s 3 --warmup 1 --sheeprl-python PATH --ours-python PATH
+    # options: --sizes xs s --rounds 5 --updates-xs 5 --updates-s 3 --warmup 1 --allocator keep-freed|default
+    #          --sheeprl-python PATH --ours-python PATH
 """
 
 from __future__ import annotations
@@ -66,6 +76,12 @@ from machine_info import cpu_model  # sibling module: benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHEEPRL_ALGO = {"xs": "dreamer_v3_XS", "s": "dreamer_v3_S"}
+# our config at each sheeprl preset's dims (sheeprl's configs/algo/dreamer_v3_{XS,S}.yaml)
+OURS_SIZE = {"xs": ["agent/dreamer_size=xs", "world_model.deter=256", "world_model.hidden=256",
+                    "world_model.encoder.layers=1", "world_model.latents=32", "world_model.classes=32"],
+             "s": ["agent/dreamer_size=s"]}
+# what `cpcrl.device.keep_freed_memory` sets through mallopt, as glibc environment variables (given to both sides)
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 BATCH, SEQ, HORIZON, PREFILL, NUM_ENVS = 16, 64, 15, 1100, 4
 
 
@@ -92,27 +108,31 @@ def _timed(step, warmup: int, updates: int) -> list[float]:
 def worker_ours(size: str, warmup: int, updates: int) -> dict:
     _threads()
     import torch
-    from omegaconf import OmegaConf
 
-    from cpcrl.agents import compose_agent
+    from cpcrl.agents import compose_config, make_agent
     from cpcrl.collector import Collector
     from cpcrl.device import make_device
     from cpcrl.envs.factory import make_gym_env
 
-    make_device(OmegaConf.load(ROOT / "conf" / "device" / "cpu.yaml"))  # as `cpcrl device=cpu` sets torch up
+    keep = "true" if os.environ.get("MALLOC_MMAP_MAX_") == KEEP_FREED_MEMORY_ENV["MALLOC_MMAP_MAX_"] else "false"
+    overrides = ["agent=dreamer", "seed=0", "device=cpu", f"device.keep_freed_memory={keep}", *OURS_SIZE[size],
+                 f"agent.prefill={PREFILL}", "agent.train_ratio=1e-9", "agent.precision=fp32",
+                 f"agent.batch_size={BATCH}", f"agent.seq_len={SEQ}", f"agent.horizon={HORIZON}"]
+    cfg = compose_config(*overrides)
+    make_device(cfg.device)  # as `cpcrl device=cpu` sets torch up
     torch.manual_seed(0)
     envs = make_gym_env("CartPole-v1", NUM_ENVS)
-    agent = compose_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer", "seed=0",
-                          f"agent/dreamer_size={size}", prefill=PREFILL, train_ratio=1e-9, precision="fp32",
-                          batch_size=BATCH, seq_len=SEQ, horizon=HORIZON)
-    wm = OmegaConf.load(ROOT / "conf" / "agent" / "dreamer_size" / f"{size}.yaml").world_model
+    agent = make_agent(cfg.agent, cfg.world_model, envs.single_observation_space, envs.single_action_space,
+                       torch.device("cpu"))
     agent.train_iteration(Collector(envs, torch.device("cpu"), seed=0))  # random prefill + one policy step
     times = _timed(agent.update, warmup, updates)
     envs.close()
     count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
-    return {"times_s": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    wm = cfg.world_model
+    return {"times_s": times, "torch": torch.__version__, "threads": torch.get_num_threads(), "overrides": overrides,
             "dims": {"deter": wm.deter, "units": wm.hidden, "layers": wm.encoder.layers, "latents": wm.latents,
-                     "classes": wm.classes, "activation": "elu"},
+                     "classes": wm.classes, "norm": wm.norm, "gru": wm.gru, "activation": wm.activation,
+                     "version": cfg.agent.version, "keep_freed_memory": cfg.device.keep_freed_memory},
             "params": {"trained": count([*agent.world_model_modules, agent.actor, agent.critic]),
                        "world_model": count(agent.world_model_modules), "actor": count([agent.actor]),
                        "critic": count([agent.critic]),
@@ -257,13 +277,10 @@ def worker_sheeprl(size: str, warmup: int, updates: int) -> dict:
 
 # --- driver -------------------------------------------------------------------------------------------------------
 
-# what `cpcrl.device.keep_freed_memory` sets through mallopt, as glibc environment variables for the peer
-KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-
-
 def run_worker(python: str, side: str, size: str, warmup: int, updates: int, timeout: float,
                extra_env: dict | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    inherited = {k: v for k, v in os.environ.items() if k not in KEEP_FREED_MEMORY_ENV}  # the allocator is ours to set
+    env = {**inherited, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) if side == "ours" else "", "PYTHONWARNINGS": "ignore", **(extra_env or {})}
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--size", size, "--warmup", str(warmup),
            "--updates", str(updates)]
@@ -292,16 +309,16 @@ def main() -> None:
     parser.add_argument("--size", default="s", help=argparse.SUPPRESS)
     parser.add_argument("--updates", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"], choices=["xs", "s"])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--updates-xs", type=int, default=5)
     parser.add_argument("--updates-s", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--ours-python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--sheeprl-python", default="/tmp/sheeprl-venv/bin/python")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker process, seconds")
-    parser.add_argument("--sheeprl-keep-freed-memory", action="store_true",
-                        help="give sheeprl the malloc setting that `cpcrl device=cpu` applies to itself "
-                             "(device.keep_freed_memory), to compare the two with the allocator factored out")
+    parser.add_argument("--allocator", choices=["keep-freed", "default"], default="keep-freed",
+                        help="glibc malloc setting for both sides: keep-freed (what `cpcrl device=cpu` applies, "
+                             "device.keep_freed_memory) or glibc's default")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -315,19 +332,17 @@ def main() -> None:
               "--sheeprl-python)")
         return
     pythons = {"ours": args.ours_python, "sheeprl": args.sheeprl_python}
+    allocator_env = KEEP_FREED_MEMORY_ENV if args.allocator == "keep-freed" else {}
     started = time.time()
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
             "argv": sys.argv[1:], "pythons": pythons,
-            "allocator": {"ours": "device.keep_freed_memory=true (the default)",
-                          "sheeprl": "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^31-1"
-                          if args.sheeprl_keep_freed_memory else "glibc default"}}
+            "allocator": {"both_sides": args.allocator, "env": allocator_env}}
     runs = {size: {"ours": [], "sheeprl": []} for size in args.sizes}
     for r in range(args.rounds):
         for size in args.sizes:
             updates = args.updates_xs if size == "xs" else args.updates_s
             for side in (("ours", "sheeprl") if r % 2 == 0 else ("sheeprl", "ours")):
-                extra = KEEP_FREED_MEMORY_ENV if side == "sheeprl" and args.sheeprl_keep_freed_memory else None
-                row = run_worker(pythons[side], side, size, args.warmup, updates, args.timeout, extra)
+                row = run_worker(pythons[side], side, size, args.warmup, updates, args.timeout, allocator_env)
                 row["round"] = r
                 runs[size][side].append(row)
                 print(f"round {r} {size:>2} {side:<7} {row['updates_per_s']:.3f} updates/s "
@@ -335,13 +350,15 @@ def main() -> None:
 
     sizes = {}
     for size, sides in runs.items():
+        # paired by round: ours and sheeprl ran back to back under the same load
+        ratios = [o["updates_per_s"] / p["updates_per_s"] for o, p in zip(sides["ours"], sides["sheeprl"])]
         med = {side: statistics.median(row["updates_per_s"] for row in rows) for side, rows in sides.items()}
         sizes[size] = {
-            "ours_size": size, "sheeprl_algo": SHEEPRL_ALGO[size],
-            "matched": size == "s",
+            "sheeprl_algo": SHEEPRL_ALGO[size], "ours_overrides": sides["ours"][0]["overrides"],
+            "median_paired_ratio_ours_over_sheeprl": round(statistics.median(ratios), 3),
+            "paired_ratios": [round(x, 3) for x in ratios],
             "median_updates_per_s": {k: round(v, 4) for k, v in med.items()},
             "median_s_per_update": {k: round(1 / v, 3) for k, v in med.items()},
-            "ratio_ours_over_sheeprl": round(med["ours"] / med["sheeprl"], 3),
             "dims": {side: rows[0]["dims"] for side, rows in sides.items()},
             "params": {side: rows[0]["params"] for side, rows in sides.items()},
             "sheeprl_overrides": sides["sheeprl"][0]["overrides"],
@@ -359,11 +376,11 @@ def main() -> None:
                  "wall_s": round(time.time() - started, 1)})
     result = {"meta": meta, "sizes": sizes}
 
-    print(f"\n{'size':<18} {'ours upd/s':>11} {'sheeprl upd/s':>14} {'ours/sheeprl':>13}")
+    print(f"\n{'size':<18} {'ours upd/s':>11} {'sheeprl upd/s':>14} {'paired ratio (median)':>22}  per round")
     for size, row in sizes.items():
         med = row["median_updates_per_s"]
-        print(f"{size + ' vs ' + row['sheeprl_algo']:<18} {med['ours']:>11.3f} {med['sheeprl']:>14.3f} "
-              f"{row['ratio_ours_over_sheeprl']:>13.2f}")
+        print(f"{size + ' = ' + row['sheeprl_algo']:<18} {med['ours']:>11.3f} {med['sheeprl']:>14.3f} "
+              f"{row['median_paired_ratio_ours_over_sheeprl']:>22.2f}  {row['paired_ratios']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
