@@ -217,3 +217,22 @@ def test_terminal_imagination_starts_weigh_zero_in_v3():
         terminal = torch.ones(post["deter"].shape[:2])
         actor_loss, critic_loss, _ = agent.behaviour_loss(post, terminal)
         assert (actor_loss.item() == 0.0 and critic_loss.item() == 0.0) == zero, version
+
+
+@pytest.mark.parametrize("eval_latents", ["mode", "sample"])
+def test_greedy_act_takes_the_latent_mode_or_a_sample(eval_latents):
+    """Greedy acting (explore=False) filters with the posterior's mode by default, so repeating it from the same
+    belief gives the same latent; with `agent.eval_latents=sample` it draws the latent as training does (DreamerV3's
+    eval), so 8 envs x 16 latents of a fresh posterior almost surely differ between two draws."""
+    envs = make_gym_env("CartPole-v1", 8)
+    agent = tiny_agent(envs, "v3", None, eval_latents=eval_latents)
+    obs = torch.as_tensor(envs.reset(seed=0)[0])
+    first = torch.ones(8, dtype=torch.bool)
+    latents = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        _, state = agent.act(obs, None, first, explore=False)
+        latents.append(state["latent"]["stoch"])
+    envs.close()
+    same = torch.equal(latents[0], latents[1])
+    assert same == (eval_latents == "mode")

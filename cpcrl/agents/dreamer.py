@@ -118,6 +118,8 @@ class DreamerConfig(AgentConfig):
     lam: float = param(0.95, unit_interval)     # lambda of the lambda-returns
     prefill: int = param(1000, non_negative_int)  # replay steps of uniform random actions before the first update
     collect_steps: int = param(1, positive_int)   # vector-env steps per train_iteration
+    # greedy acting (eval): the posterior latents' mode, or a sample as in training (DreamerV3 evaluates on samples)
+    eval_latents: str = param("mode", one_of("mode", "sample"))
     # auto (v1: backprop; v3: REINFORCE if discrete, backprop if continuous) | reinforce | backprop
     actor_gradient: str = param("auto", one_of("auto", "reinforce", "backprop"))
     return_ema_decay: float = param(0.99, unit_interval)   # v3 return normaliser: EMA of the 5th/95th percentiles
@@ -307,11 +309,13 @@ class Dreamer(ModelBasedAgent):
 
     @torch.no_grad()
     def act(self, obs, state, is_first, action_mask=None, explore=True, random=False):
-        """Filter the observation into the belief, then sample the policy (`explore`) or take its mode."""
+        """Filter the observation into the belief, then sample the policy (`explore`) or take its mode (the
+        latents too unless `eval_latents=sample`)."""
         state = self.initial_state(obs.shape[0]) if state is None else state
         action_mask = self.check_action_mask(action_mask)
         embed = self.encoder(self.preprocess(obs.float()))
-        post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first, sample=explore)
+        post, _ = self.rssm.obs_step(state["latent"], state["action"], embed, is_first,
+                                     sample=explore or self.cfg.eval_latents == "sample")
         if random:
             action = self.uniform_action(obs.shape[0], action_mask)
         else:
