@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +238,20 @@ def test_greedy_act_takes_the_latent_mode_or_a_sample(eval_latents):
     envs.close()
     same = torch.equal(latents[0], latents[1])
     assert same == (eval_latents == "mode")
+
+
+@pytest.mark.parametrize("init_std,mean_scale,min_std", [(5.0, 5.0, 1e-4), (1.0, 2.0, 0.1)])
+def test_v1_actor_init_std_mean_scale_and_min_std(init_std, mean_scale, min_std):
+    """v1 tanh-normal: std = softplus(x + softplus^-1(init_std)) + min_std, so a zero net output gives init_std +
+    min_std and no output goes under min_std; the pre-tanh mean is s tanh(m / s), bounded by the mean scale s."""
+    envs = make_gym_env("Pendulum-v1", 1)
+    agent = tiny_agent(envs, "v1", actor_init_std=init_std, actor_mean_scale=mean_scale, actor_min_std=min_std)
+    zero = agent.actor.policy(torch.zeros(3, 2))
+    assert torch.allclose(zero.base.stddev, torch.full((3, 1), init_std + min_std))
+    narrow = agent.actor.policy(torch.tensor([[0.0, -60.0]]))
+    assert narrow.base.stddev.item() == pytest.approx(min_std, rel=1e-3)
+    assert torch.allclose(zero.base.mean, torch.zeros(3, 1))
+    big = agent.actor.policy(torch.tensor([[50.0, 0.0], [-50.0, 0.0], [1.0, 0.0]]))
+    m = big.base.mean.squeeze(-1)
+    assert m[0] == pytest.approx(mean_scale, rel=1e-4) and m[1] == pytest.approx(-mean_scale, rel=1e-4)
+    assert m[2] == pytest.approx(mean_scale * math.tanh(1.0 / mean_scale))

@@ -143,6 +143,11 @@ class DreamerConfig(AgentConfig):
     return_norm: bool = param(MISSING, boolean)                  # (version) divide returns by the percentile scale
     twohot: bool = param(MISSING, boolean)      # (version) two-hot (255 symlog bins) reward and value heads
     unimix: float = param(MISSING, unit_interval)                # (version) uniform mixture in the discrete policy
+    # v1 only (v3's std is in [0.1, 1]), the tanh-normal actor: pre-tanh mean = s tanh(m / s),
+    # std = softplus(x + softplus^-1(init_std)) + min_std; DreamerV1's s = init_std = 5, min_std 1e-4
+    actor_init_std: float = param(5.0, positive)
+    actor_mean_scale: float = param(5.0, positive)
+    actor_min_std: float = param(1e-4, positive)
 
     def check_world_model(self, world_model):
         if world_model.kind != WORLD_MODEL_KIND[self.version]:
@@ -229,13 +234,16 @@ class SquashedPolicy(TanhNormal):
 
 class Actor(nn.Module):
     """features -> policy. Discrete / MultiDiscrete (`factors`: classes per factor): a unimix categorical per
-    factor. Continuous (`factors` None): tanh-normal, v1 (mean 5 tanh(m/5), std softplus(s + 5) + 1e-4, wide at the
-    start) or v3 (std in [0.1, 1])."""
+    factor. Continuous (`factors` None): tanh-normal, v1 (mean s tanh(m/s), std softplus(x + softplus^-1(init_std))
+    + min_std; DreamerV1's s = init_std = 5 is wide at the start) or v3 (std in [0.1, 1])."""
 
     def __init__(self, feature_dim: int, action_dim: int, factors: list[int] | None, units: int, layers: int,
-                 activation: str, version: str, unimix: float, norm: str = "none"):
+                 activation: str, version: str, unimix: float, norm: str, init_std: float, mean_scale: float,
+                 min_std: float):
         super().__init__()
         self.factors, self.version, self.unimix = factors, version, unimix
+        # softplus(raw_init_std) = init_std: a zero output starts at init_std + min_std (as in DreamerV1)
+        self.mean_scale, self.min_std, self.raw_init_std = mean_scale, min_std, math.log(math.expm1(init_std))
         self.net = mlp(feature_dim, [units] * layers, action_dim if factors else 2 * action_dim, activation, norm)
 
     def forward(self, features: Tensor, action_mask: Tensor | None = None):
@@ -255,7 +263,8 @@ class Actor(nn.Module):
             return OneHotPolicy(torch.cat(log_probs, -1), self.factors)
         mean, std = out.chunk(2, -1)
         if self.version == "v1":
-            return SquashedPolicy(5.0 * torch.tanh(mean / 5.0), F.softplus(std + math.log(math.e ** 5 - 1)) + 1e-4)
+            return SquashedPolicy(self.mean_scale * torch.tanh(mean / self.mean_scale),
+                                  F.softplus(std + self.raw_init_std) + self.min_std)
         return SquashedPolicy(mean, 0.9 * torch.sigmoid(std + 2.0) + 0.1)
 
 
@@ -283,7 +292,8 @@ class Dreamer(ModelBasedAgent):
         # behaviour
         feature_dim = self.rssm.feature_dim
         self.actor = Actor(feature_dim, self.action_dim, self.action_factors, units, layers, activation, cfg.version,
-                           cfg.unimix, norm)
+                           cfg.unimix, norm, cfg.actor_init_std, cfg.actor_mean_scale,
+                           cfg.actor_min_std)
         self.critic = ScalarHead(feature_dim, units, layers, activation, cfg.twohot, norm)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False) if cfg.slow_critic_decay else None
         self.return_norm = ReturnNormalizer(cfg.return_ema_decay, cfg.return_scale_floor, enabled=cfg.return_norm)
