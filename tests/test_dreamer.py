@@ -197,6 +197,13 @@ def test_v3_nets_are_dreamerv3s_and_v1s_are_plain():
     eps = {k: opt.param_groups[0]["eps"] for k, opt in v3.optimizers.items()}
     assert eps == {"model": 1e-8, "actor": 1e-5, "critic": 1e-5}
     assert {opt.param_groups[0]["eps"] for opt in v1.optimizers.values()} == {1e-7}
+    # the same nets stack onto v1 (its Gaussian RSSM and heads), with symlog inputs
+    v1_nets = tiny_agent(envs, "v1", None, "+agent/dreamer_nets=dreamerv3")
+    assert isinstance(v1_nets.rssm.gru, LayerNormGRUCell) and v1_nets.symlog_obs and not v1.symlog_obs
+    for name in nets:
+        assert any(isinstance(m, nn.LayerNorm) for m in getattr(v1_nets, name).modules()), name
+        assert any(isinstance(m, nn.SiLU) for m in getattr(v1_nets, name).modules()), name
+    assert v1_nets.decoder.mse_scale == 0.5 and v1_nets.cfg.gamma == 0.99   # v1's loss and behaviour keys stay
     # one key turns a v3 norm off everywhere
     off = tiny_agent(envs, "v3", None, "world_model.norm=none")
     assert not any(isinstance(m, nn.LayerNorm) for name in nets if name != "rssm"
@@ -255,4 +262,26 @@ def test_v1_actor_init_std_mean_scale_and_min_std(init_std, mean_scale, min_std)
     m = big.base.mean.squeeze(-1)
     assert m[0] == pytest.approx(mean_scale, rel=1e-4) and m[1] == pytest.approx(-mean_scale, rel=1e-4)
     assert m[2] == pytest.approx(mean_scale * math.tanh(1.0 / mean_scale))
+    envs.close()
+
+
+def test_symlog_inputs_follow_the_version_key():
+    """`agent.symlog_obs`: v3 symlogs vector observations, v1 reads them raw unless the key turns it on."""
+    envs = make_gym_env("Pendulum-v1", 1)
+    obs = torch.tensor([[0.5, -1.0, 8.0]])
+    symlogged = torch.sign(obs) * torch.log1p(obs.abs())   # by hand: [0.405, -0.693, 2.197]
+    v3 = tiny_agent(envs, "v3", wm="rssm_discrete")
+    torch.testing.assert_close(v3.preprocess(obs), symlogged)
+    assert torch.equal(tiny_agent(envs, "v1").preprocess(obs), obs)
+    torch.testing.assert_close(tiny_agent(envs, "v1", symlog_obs=True).preprocess(obs), symlogged)
+    envs.close()
+
+
+@pytest.mark.parametrize("key", ["actor_init_std", "actor_mean_scale", "actor_min_std"])
+def test_v1_actor_keys_are_refused_in_v3(key):
+    """v3's continuous actor has its own std range: a v1 actor key set for v3 is an error, not silently ignored."""
+    envs = make_gym_env("Pendulum-v1", 1)
+    with pytest.raises(ConfigError, match=rf"agent.{key}=0.5 applies to agent.version=v1 only"):
+        tiny_agent(envs, "v3", **{key: 0.5})
+    assert getattr(tiny_agent(envs, "v1", **{key: 0.5}).cfg, key) == 0.5
     envs.close()

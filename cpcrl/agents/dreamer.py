@@ -53,7 +53,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ from cpcrl.objectives.world_model import world_model_loss
 
 VERSIONS = ("v1", "v3")
 WORLD_MODEL_KIND = {"v1": "gaussian", "v3": "categorical"}
-
+V1_ACTOR_KEYS = ("actor_init_std", "actor_mean_scale", "actor_min_std")  # the v1 tanh-normal's
 
 
 @dataclass
@@ -143,11 +143,22 @@ class DreamerConfig(AgentConfig):
     return_norm: bool = param(MISSING, boolean)                  # (version) divide returns by the percentile scale
     twohot: bool = param(MISSING, boolean)      # (version) two-hot (255 symlog bins) reward and value heads
     unimix: float = param(MISSING, unit_interval)                # (version) uniform mixture in the discrete policy
+    symlog_obs: bool = param(MISSING, boolean)  # (version) symlog the vector observations (not images or one-hots)
     # v1 only (v3's std is in [0.1, 1]), the tanh-normal actor: pre-tanh mean = s tanh(m / s),
     # std = softplus(x + softplus^-1(init_std)) + min_std; DreamerV1's s = init_std = 5, min_std 1e-4
     actor_init_std: float = param(5.0, positive)
     actor_mean_scale: float = param(5.0, positive)
     actor_min_std: float = param(1e-4, positive)
+
+    def check(self):
+        super().check()
+        if self.version == "v3":
+            # the v1 actor's keys would be silently ignored: refuse them unless left at their defaults
+            changed = [f.name for f in fields(self) if f.name in V1_ACTOR_KEYS and getattr(self, f.name) != f.default]
+            if changed:
+                raise ConfigError(f"agent.{changed[0]}={getattr(self, changed[0])!r} applies to agent.version=v1 "
+                                  "only (v3's continuous actor has its std in [0.1, 1]); leave it unset or use "
+                                  "agent.version=v1")
 
     def check_world_model(self, world_model):
         if world_model.kind != WORLD_MODEL_KIND[self.version]:
@@ -287,7 +298,7 @@ class Dreamer(ModelBasedAgent):
         norm = world_model.norm
         self.build_world_model(obs_space, world_model,
                                lambda f: ScalarHead(f, units, layers, activation, cfg.twohot, norm))
-        self.symlog_obs = cfg.version == "v3" and not is_image(obs_space) and not self.onehot_groups
+        self.symlog_obs = cfg.symlog_obs and not is_image(obs_space) and not self.onehot_groups
 
         # behaviour
         feature_dim = self.rssm.feature_dim
