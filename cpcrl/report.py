@@ -557,6 +557,10 @@ def push_to_wandb(tables: dict[str, list[dict]], out: Path, images: list[str], p
         logged[f"report/{Path(image).stem}"] = wandb.Image(str(out / image))
     run.log(logged)
     run.finish()
+    # finish() hands the run to the wandb service, which may still be writing the run file when it returns;
+    # teardown waits for the service to exit, so the file is whole once this returns (a reader right after a
+    # loaded machine's report found no run record).
+    wandb.teardown()
 
 
 def build_parser() -> argparse.ArgumentParser:
