@@ -40,18 +40,20 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD_MODEL = {"v1": "rssm_gaussian", "v3": "rssm_discrete"}
 
 
-def speed_row(version: str, size: str, env_id: str, updates: int, device: str, precision: str) -> dict:
+def speed_row(version: str, size: str, env_id: str, updates: int, device: str, precision: str,
+              compile_mode: str = "none") -> dict:
     envs = make_gym_env(env_id, 4)
     agent = compose_agent(envs.single_observation_space, envs.single_action_space, "agent=dreamer",
                           f"agent/dreamer_version={version}", f"agent/dreamer_size={size}",
-                          f"world_model={WORLD_MODEL[version]}", device=device, prefill=1100, train_ratio=1e-9,
-                          precision=precision)
+                          f"world_model={WORLD_MODEL[version]}", f"device.compile={compile_mode}", device=device,
+                          prefill=1100, train_ratio=1e-9, precision=precision)
     collector = Collector(envs, torch.device(device), seed=0)
     agent.train_iteration(collector)                      # prefill (random) + one policy step
     t0 = time.perf_counter()
     agent.collect(collector, 100, random=False)           # acting only
     acting_sps = 100 * collector.num_envs / (time.perf_counter() - t0)
-    agent.update()                                        # warm-up
+    for _ in range(1 if compile_mode == "none" else 3):   # warm-up (compiled: the graphs, CUDA graphs recorded)
+        agent.update()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -60,20 +62,22 @@ def speed_row(version: str, size: str, env_id: str, updates: int, device: str, p
     sync()
     ups = updates / (time.perf_counter() - t0)
     envs.close()
-    return {"version": version, "size": size, "env": env_id, "updates_per_s": round(ups, 3),
-            "acting_env_steps_per_s": round(acting_sps, 1), "batch": [agent.batch_size, agent.seq_len],
-            "horizon": agent.horizon, "params": sum(p.numel() for p in agent.parameters()),
+    return {"version": version, "size": size, "env": env_id, "compile": compile_mode, "updates_per_s": round(ups, 3),
+            "acting_env_steps_per_s": round(acting_sps, 1), "batch": [agent.cfg.batch_size, agent.cfg.seq_len],
+            "horizon": agent.cfg.horizon, "params": sum(p.numel() for p in agent.parameters()),
             "env_steps_per_s_at_train_ratio_64": round(1 / (1 / acting_sps + 64 / (1024 * ups)), 1)}
 
 
 def speed(args) -> dict:
     # torch set up as `cpcrl device=<device> device.threads=<threads>` does (incl. device.keep_freed_memory)
     make_device(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "device" / f"{args.device}.yaml"),
-                                {"threads": args.threads, "precision": args.precision}))
+                                {"threads": args.threads, "precision": args.precision, "compile": args.compile}))
     rows = []
     for size in args.sizes:
         for version, env_id in (("v3", "CartPole-v1"), ("v1", "Pendulum-v1")):
-            row = speed_row(version, size, env_id, args.updates, args.device, args.precision)
+            if version not in args.versions:
+                continue
+            row = speed_row(version, size, env_id, args.updates, args.device, args.precision, args.compile)
             print(json.dumps(row), flush=True)
             rows.append(row)
     return {"rows": rows}
@@ -102,10 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="speed", choices=["speed", "learn"])  # run_all: speed
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"])
+    parser.add_argument("--versions", nargs="+", default=["v3", "v1"], choices=["v3", "v1"])
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--compile", default="none", help="speed: device.compile (none | default | reduce-overhead)")
     parser.add_argument("--experiment", default="dreamer_v3_cartpole")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)

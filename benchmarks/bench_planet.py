@@ -57,10 +57,12 @@ def time_calls(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def speed(device: torch.device) -> dict:
+def speed(device: torch.device, compile_mode: str = "none") -> dict:
     rows = []
+    compiled = f"device.compile={compile_mode}"
     for name in PLANNERS:
-        agent = compose_agent(PENDULUM_OBS, UNIT_ACTION, "agent=planet", f"agent/planner={name}", device=device)
+        agent = compose_agent(PENDULUM_OBS, UNIT_ACTION, "agent=planet", f"agent/planner={name}", compiled,
+                              device=device)
         budget = agent.plan_cfg.as_dict()
         state = {"s": agent.initial_state(1)}
         obs, first = torch.zeros(1, 3, device=device), torch.zeros(1, dtype=torch.bool, device=device)
@@ -68,6 +70,8 @@ def speed(device: torch.device) -> dict:
         def act():
             _, state["s"] = agent.act(obs, state["s"], first, explore=True)
         repeats = 5 if name == "cem" else 20
+        if compile_mode != "none":  # compile (and record CUDA graphs) before timing
+            time_calls(lambda: (act(), sync(device)), 3)
         ms = 1000 * time_calls(lambda: (act(), sync(device)), repeats)
         rows.append({"what": f"plan ms/action ({name}: {budget})", "value": round(ms, 1)})
         print(f"{rows[-1]['what']:<75} {ms:9.1f}", flush=True)
@@ -75,8 +79,11 @@ def speed(device: torch.device) -> dict:
             ("updates/s vector obs, batch 50 x 50", PENDULUM_OBS, 50, 50, 10),
             ("updates/s 64x64 images, batch 50 x 50", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 50, 50, 2),
             ("updates/s 64x64 images, batch 16 x 32", gym.spaces.Box(0, 255, (3, 64, 64), np.uint8), 16, 32, 3)]:
-        agent = compose_agent(space, UNIT_ACTION, "agent=planet", device=device, batch_size=batch, seq_len=length)
+        agent = compose_agent(space, UNIT_ACTION, "agent=planet", compiled, device=device, batch_size=batch,
+                              seq_len=length)
         fake_episodes(agent, space.shape, space.dtype)
+        if compile_mode != "none":
+            time_calls(lambda: (agent.update(), sync(device)), 3)
         ups = 1.0 / time_calls(lambda: (agent.update(), sync(device)), repeats)
         rows.append({"what": label, "value": round(ups, 2)})
         print(f"{label:<75} {ups:9.2f}", flush=True)
@@ -120,13 +127,15 @@ def main() -> int:
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--compile", default="none", help="speed: device.compile (none | default | reduce-overhead)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result = speed(device) if args.mode == "speed" else learn(args.seed, args.episodes, args.planner,
+    result = speed(device, args.compile) if args.mode == "speed" else learn(args.seed, args.episodes, args.planner,
                                                               args.action_repeat, args.collect_interval,
                                                               args.num_envs, device)
-    result.update({"mode": args.mode, "machine": platform.processor() or platform.machine(), "device": args.device,
+    result.update({"mode": args.mode, "compile": args.compile,
+                   "machine": platform.processor() or platform.machine(), "device": args.device,
                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                    "threads": args.threads, "torch": torch.__version__,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)})

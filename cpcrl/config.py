@@ -135,4 +135,5 @@ def validate(cfg: DictConfig) -> None:
     if cfg.mode in CHECKPOINT_MODES and not cfg.checkpoint.path:
         raise ConfigError(f"mode={cfg.mode} needs a checkpoint: add checkpoint=<path to .pt or run dir>")
     if cfg.mode == "train":
-        typed_agent_configs(cfg.agent, cfg.world_model)
+        cls, _, _ = typed_agent_configs(cfg.agent, cfg.world_model)
+        cls.check_compile(cfg.device.compile)

@@ -6,12 +6,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from cpcrl.checks import choice, optional_positive_int
 from cpcrl.errors import ConfigError
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # none: eager; else torch.compile's mode
 
 
 def check_device(cfg) -> None:
@@ -24,6 +27,7 @@ def check_device(cfg) -> None:
                           "with `make TORCH=\"torch==<ver> --index-url https://download.pytorch.org/whl/cu128\" "
                           "install`")
     choice("device.precision", cfg.precision, ("fp32", "bf16"))
+    choice("device.compile", cfg.compile, COMPILE_MODES)
     optional_positive_int("device.threads", cfg.threads)
 
 
@@ -63,6 +67,20 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compiled(fn: Callable, mode: str) -> Callable:
+    """`fn` compiled with torch.compile (`device.compile`), or `fn` itself for `none`. The eager function stays the
+    reference: the compiled one draws its random numbers from torch's generator as eager does (inductor's
+    `fallback_random`), so a compiled run takes the same samples as the eager run of its seed and the two agree to
+    float rounding. Shapes are static (`dynamic=False`): each batch size (acting, training, imagination) gets its
+    own graph, which is what CUDA graphs (`reduce-overhead`) need anyway."""
+    if mode == "none":
+        return fn
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True
+    return torch.compile(fn, mode=mode, dynamic=False)
 
 
 def seed_everything(seed: int) -> None:

@@ -56,7 +56,8 @@ def make_env(env_cfg: DictConfig, num_envs: int | None = None):
 
 
 def build_agent(cfg: DictConfig, envs, device: torch.device):
-    return make_agent(cfg.agent, cfg.world_model, envs.single_observation_space, envs.single_action_space, device)
+    return make_agent(cfg.agent, cfg.world_model, envs.single_observation_space, envs.single_action_space, device,
+                      cfg.device.compile)
 
 
 def load_agent_state(agent, payload: dict, source) -> None:

@@ -25,6 +25,11 @@ AGENTS = {
                         "checkpoint.every=400", "eval.episodes=1"],
     "dreamer_v3_cartpole": ["experiment=dreamer_v3_cartpole", "agent.prefill=500", "train.total_steps=1500",
                             "eval.every=1000", "checkpoint.every=1000"],
+    # the compiled recurrent steps as CUDA graphs (device.compile); the checkpoint evaluates eager on the CPU
+    "dreamer_v3_cartpole_compiled": ["experiment=dreamer_v3_cartpole", "agent.prefill=500", "train.total_steps=1500",
+                                     "eval.every=1000", "checkpoint.every=1000", "device.compile=reduce-overhead"],
+    "ppo_lstm_cube_compiled": ["agent=ppo_lstm", "env=cube2x2", "env.num_envs=256", "train.total_steps=32768",
+                               "eval.every=16384", "checkpoint.every=16384", "device.compile=reduce-overhead"],
     "dreamer_v1_pendulum_bf16": ["experiment=dreamer_v1_pendulum", "agent.prefill=400", "train.total_steps=1000",
                                  "eval.every=800", "checkpoint.every=800", "eval.episodes=1",
                                  "device.precision=bf16"],
@@ -39,7 +44,8 @@ def test_agent_trains_on_cuda_and_its_checkpoint_evaluates_on_cpu(name, tmp_path
     assert all(v == v for v in summary.values() if isinstance(v, float)), summary  # no NaN
     payload = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert OmegaConf.create(payload["config"]).device.type == "cuda"
-    proc = cpcrl("mode=eval", "checkpoint=run", "device=cpu", "eval.episodes=2", cwd=tmp_path, timeout=600)
+    proc = cpcrl("mode=eval", "checkpoint=run", "device=cpu", "device.compile=none", "eval.episodes=2", cwd=tmp_path,
+                 timeout=600)
     assert len(list((run / "eval").glob("*/eval.json"))) == 1, proc.stdout
 
 
@@ -56,6 +62,19 @@ def test_training_tensors_live_on_the_gpu():
     assert all(p.is_cuda for p in agent.parameters())
     assert all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values() if isinstance(v, float))
     envs.close()
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("name", ["dreamer_v3", "dreamer_v1", "ppo_lstm", "planet"])
+def test_compiled_agent_trains_as_eager_on_the_gpu(name, mode):
+    """tests/test_compile.py's check on the GPU: the same seed, the same updates, the same weights as eager."""
+    from tests.test_compile import trained
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    eager, eager_metrics, _ = trained(name, "none", device="cuda")
+    comp, comp_metrics, _ = trained(name, mode, device="cuda")
+    for (key, p), q in zip(eager.named_parameters(), comp.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_math_matches_the_cpu():

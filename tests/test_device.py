@@ -14,8 +14,8 @@ PROBE = """
 import resource, sys, torch
 from omegaconf import OmegaConf
 from cpcrl.device import make_device
-make_device(OmegaConf.create({"type": "cpu", "threads": 1, "precision": "fp32", "deterministic": False,
-                              "keep_freed_memory": sys.argv[1] == "1"}))
+make_device(OmegaConf.create({"type": "cpu", "threads": 1, "precision": "fp32", "compile": "none",
+                              "deterministic": False, "keep_freed_memory": sys.argv[1] == "1"}))
 x = torch.ones(16 * 2**20); del x
 for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -41,8 +41,11 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults():
 
 
 def test_device_config_errors_name_the_valid_values():
-    base = {"type": "cpu", "threads": 1, "precision": "fp32", "deterministic": False, "keep_freed_memory": True}
+    base = {"type": "cpu", "threads": 1, "precision": "fp32", "compile": "none", "deterministic": False,
+            "keep_freed_memory": True}
     with pytest.raises(ConfigError, match="valid are auto, cpu, cuda"):
         make_device(OmegaConf.create({**base, "type": "tpu"}))
     with pytest.raises(ConfigError, match="valid are fp32, bf16"):
         make_device(OmegaConf.create({**base, "precision": "fp16"}))
+    with pytest.raises(ConfigError, match="valid are none, default, reduce-overhead, max-autotune"):
+        make_device(OmegaConf.create({**base, "compile": "true"}))

@@ -18,6 +18,7 @@ from cpcrl.errors import ConfigError
 # the agents with multi_discrete_actions = True, and those with image_observations = True (named in refusals)
 MULTI_DISCRETE_AGENTS = ("reinforce", "ppo_lstm", "cpc_rl", "planet", "dreamer", "random")
 IMAGE_AGENTS = ("planet", "dreamer")
+COMPILED_AGENTS = ("ppo_lstm", "cpc_rl", "planet", "dreamer")  # those with compiled_steps (device.compile)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Agent(nn.Module):
     image_observations: ClassVar[bool] = False
     # the world_model options this agent can be composed with, and the schema of each
     world_models: ClassVar[dict[str, type]] = {"none": NoWorldModel}
+    # what `device.compile` compiles (`compile_steps`), for the refusal of agents without a compiled path
+    compiled_steps: ClassVar[str] = ""
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, device: torch.device):
         super().__init__()
@@ -134,6 +137,17 @@ class Agent(nn.Module):
     def commit_action(self, state, actions: torch.Tensor):
         """The state once `actions` (int [B]) are taken from it (for agents whose state holds the action)."""
         return state
+
+    @classmethod
+    def check_compile(cls, mode: str) -> None:
+        if mode != "none" and not cls.compiled_steps:
+            raise ConfigError(f"device.compile={mode}: agent={cls.name} has no compiled path; "
+                              f"valid: device.compile=none, or an agent with one ({', '.join(COMPILED_AGENTS)})")
+
+    def compile_steps(self, mode: str) -> None:
+        """Compile the sequential steps (`device.compile`, `cpcrl.device.compiled`); the eager path is the reference.
+        Agents with a compiled path extend this and say what it compiles in `compiled_steps`."""
+        self.check_compile(mode)
 
     def train_iteration(self, collector) -> dict[str, float]:
         """Collect with `collector`, update, and return scalar metrics (loss/..., ...)."""

@@ -76,7 +76,7 @@ from cpcrl.checks import (
     positive_int,
     unit_interval,
 )
-from cpcrl.device import autocast
+from cpcrl.device import autocast, compiled
 from cpcrl.errors import ConfigError
 from cpcrl.nets.codecs import is_image
 from cpcrl.nets.distributions import (
@@ -284,6 +284,7 @@ class Actor(nn.Module):
 class Dreamer(ModelBasedAgent):
     name = "dreamer"
     Config = DreamerConfig
+    compiled_steps = "the RSSM's obs_step and img_step, and the imagination step (actor + prior)"
 
     def __init__(self, obs_space, action_space, device, cfg: DreamerConfig, world_model):
         super().__init__(obs_space, action_space, device)
@@ -400,22 +401,31 @@ class Dreamer(ModelBasedAgent):
         features of steps 0..H ([H+1, N, F], step 0 = start), the actions taken in steps 0..H-1 ([H, N, A])
         and, under REINFORCE, the actor's raw outputs for those steps with their gradient ([H, N, .]; None
         under backprop). Only features are kept: the behaviour losses read nothing else of a state."""
-        outs = []
-
-        def act(features: Tensor) -> Tensor:
-            if self.backprop:  # the gradient flows through the actions and the dynamics
-                return self.actor(features).rsample()
-            with torch.enable_grad():  # REINFORCE: keep this pass (= actor(sg(f_k))) for the loss
-                outs.append(self.actor.net(features))
-            return self.actor.policy(outs[-1].detach()).rsample()
-
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
-            state, features, actions = start, [self.rssm.features(start)], []
+            state, features, actions, outs = start, [self.rssm.features(start)], [], []
             for _ in range(self.cfg.horizon):
-                actions.append(act(features[-1]))
-                state = self.rssm.img_step(state, actions[-1])
-                features.append(self.rssm.features(state))
+                action, out, state, next_features = self.imagine_step(state, features[-1])
+                actions.append(action), features.append(next_features)
+                if out is not None:
+                    outs.append(out)
         return torch.stack(features), torch.stack(actions), (torch.stack(outs) if outs else None)
+
+    def imagine_step(self, state: dict[str, Tensor], features: Tensor):
+        """One imagined step: act on `features` (the state's), then the prior step. -> (action, the actor's raw
+        output with its gradient under REINFORCE or None, the next state, its features). One graph under
+        `device.compile`."""
+        if self.backprop:  # the gradient flows through the actions and the dynamics
+            action, out = self.actor(features).rsample(), None
+        else:
+            with torch.enable_grad():  # REINFORCE: keep this pass (= actor(sg(f_k))) for the loss
+                out = self.actor.net(features)
+            action = self.actor.policy(out.detach()).rsample()
+        state = self.rssm.img_step(state, action)
+        return action, out, state, self.rssm.features(state)
+
+    def compile_steps(self, mode: str) -> None:
+        super().compile_steps(mode)
+        self.imagine_step = compiled(self.imagine_step, mode)
 
     def behaviour_loss(self, post: dict[str, Tensor],
                        is_terminal: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -26,6 +26,7 @@ class ModelBasedAgent(Agent):
     world_models = {"rssm_gaussian": WorldModelConfig, "rssm_discrete": WorldModelConfig}
     multi_discrete_actions = True
     image_observations = True
+    compiled_steps = "the RSSM's obs_step and img_step (observe, imagine, planning, acting)"
 
     def build_world_model(self, obs_space, wm: WorldModelConfig, reward_head: Callable[[int], nn.Module],
                           continue_head: bool = True) -> None:
@@ -38,6 +39,10 @@ class ModelBasedAgent(Agent):
         self.reward_head = reward_head(self.rssm.feature_dim)
         self.continue_head = (make_head(self.rssm.feature_dim, wm.heads.hidden, wm.heads.layers, wm.activation,
                                         wm.norm) if continue_head else None)
+
+    def compile_steps(self, mode: str) -> None:
+        super().compile_steps(mode)
+        self.rssm.compile_steps(mode)
 
     def make_replay(self, capacity: int, seed: int | None) -> None:
         self.replay = SequenceReplay(self.obs_space.shape, self.obs_space.dtype, self.action_dim, capacity, seed=seed)

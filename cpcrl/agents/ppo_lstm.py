@@ -146,6 +146,7 @@ class PPOLSTM(Agent):
     Config = PPOConfig
     world_models = {"lstm": LSTMConfig, "none": NoWorldModel}
     multi_discrete_actions = True
+    compiled_steps = "the belief's step (encoder + LSTM gates) of the rollout and of acting"
 
     def __init__(self, obs_space, action_space, device, cfg: PPOConfig, world_model: LSTMConfig | NoWorldModel):
         super().__init__(obs_space, action_space, device)
@@ -181,6 +182,10 @@ class PPOLSTM(Agent):
         self.to(device)
         self.make_optimizer()
         self._state = None  # the carried per-env state of the training rollout
+
+    def compile_steps(self, mode: str) -> None:
+        super().compile_steps(mode)
+        self.belief.compile_steps(mode)
 
     def make_optimizer(self) -> None:
         """One Adam over every parameter (subclasses that add modules call it again)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from cpcrl.checks import Params, param, positive_int
+from cpcrl.device import compiled
 
 State = tuple[Tensor, Tensor]
 
@@ -58,6 +59,25 @@ def _masked_lstm_layer(xw: Tensor, keep: Tensor, h: Tensor, c: Tensor, w_hh: Ten
     return torch.stack(outs), h, c
 
 
+def _masked_lstm(x: Tensor, keep: Tensor, state: State, weights) -> tuple[Tensor, State]:
+    """Every layer of an LSTM over `[T, B]`, the state zeroed where `keep[t]` is 0; `weights` is
+    `nn.LSTM.all_weights` ([w_ih, w_hh, b_ih, b_hh] per layer)."""
+    hs, cs = [], []
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        # input projections for all steps in one matmul; only the recurrence is a loop
+        x, h, c = _masked_lstm_layer(torch.addmm(b_ih + b_hh, x.reshape(-1, x.shape[-1]), w_ih.t()).view(
+            x.shape[0], x.shape[1], -1), keep, state[0][layer], state[1][layer], w_hh)
+        hs.append(h), cs.append(c)
+    return x, (torch.stack(hs), torch.stack(cs))
+
+
+def _lstm_step(encoder: nn.Module, weights, obs: Tensor, state: State, is_first: Tensor) -> tuple[Tensor, State]:
+    """`LSTMBelief.step` as a function of its weights: obs `[B, obs_dim]` -> features `[B, H]`, new state."""
+    keep = (~is_first.to(torch.bool)).to(obs.dtype).view(1, -1, 1)
+    out, state = _masked_lstm(encoder(obs).unsqueeze(0), keep, state, weights)
+    return out.squeeze(0), state
+
+
 class LSTMBelief(nn.Module):
     recurrent = True
 
@@ -88,6 +108,17 @@ class LSTMBelief(nn.Module):
         out, state = self.lstm(self.encoder(obs).unsqueeze(0), self._reset(state, is_first))
         return out.squeeze(0), state
 
+    def cell_step(self, obs: Tensor, state: State, is_first: Tensor) -> tuple[Tensor, State]:
+        """`step` with the gates written out (`_masked_lstm` over one step): what `compile_steps` compiles, as
+        dynamo does not trace `nn.LSTM` (nor read its weights). Equal to `step` to float rounding."""
+        return _lstm_step(self.encoder, self.lstm.all_weights, obs, state, is_first)
+
+    def compile_steps(self, mode: str) -> None:
+        """`device.compile`: `step` (acting, the rollout) becomes the compiled `cell_step`; none keeps nn.LSTM's."""
+        if mode != "none":
+            step = compiled(_lstm_step, mode)
+            self.step = lambda obs, state, is_first: step(self.encoder, self.lstm.all_weights, obs, state, is_first)
+
     def sequence(self, obs: Tensor, state: State, is_first: Tensor, method: str = "auto") -> tuple[Tensor, State]:
         """obs `[T, B, obs_dim]`, is_first `[T, B]` -> features `[T, B, H]`, state after the last step."""
         return self.recur(self.encoder(obs), state, is_first, method)
@@ -108,16 +139,7 @@ class LSTMBelief(nn.Module):
         return self._masked(x, state, is_first)
 
     def _masked(self, x: Tensor, state: State, is_first: Tensor) -> tuple[Tensor, State]:
-        keep = (~is_first).to(x.dtype).unsqueeze(-1)
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")
-            bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
-            # input projections for all steps in one matmul; only the recurrence is a loop
-            x, h, c = _masked_lstm_layer(torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.t()).view(
-                x.shape[0], x.shape[1], -1), keep, state[0][layer], state[1][layer], w_hh)
-            hs.append(h), cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
+        return _masked_lstm(x, (~is_first).to(x.dtype).unsqueeze(-1), state, self.lstm.all_weights)
 
 
 class MLPBelief(nn.Module):
@@ -136,6 +158,9 @@ class MLPBelief(nn.Module):
 
     def step(self, obs: Tensor, state, is_first: Tensor):
         return self.body(self.encoder(obs)), None
+
+    def compile_steps(self, mode: str) -> None:
+        self.step = compiled(self.step, mode)
 
     def sequence(self, obs: Tensor, state, is_first: Tensor, method: str = "auto"):
         return self.recur(self.encoder(obs), state, is_first)
@@ -185,6 +210,10 @@ class TwinBelief(nn.Module):
     def step(self, obs: Tensor, state, is_first: Tensor):
         sa, sc = self._split_state(state)
         return self._join(self.actor.step(obs, sa, is_first), self.critic.step(obs, sc, is_first))
+
+    def compile_steps(self, mode: str) -> None:
+        self.actor.compile_steps(mode), self.critic.compile_steps(mode)
+        self.step = compiled(self.step, mode)  # one graph: the two parts' compiled steps are traced into it
 
     def sequence(self, obs: Tensor, state, is_first: Tensor, method: str = "auto"):
         return self.recur(self.encoder(obs), state, is_first, method)

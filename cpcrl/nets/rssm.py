@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal, OneHotCategoricalStraightThrough, kl_divergence
 
 from cpcrl.checks import choice
+from cpcrl.device import compiled
 from cpcrl.nets.distributions import straight_through_onehot, unimix_logits
 from cpcrl.nets.mlp import NORM_EPS, mlp
 
@@ -87,6 +88,13 @@ class RSSM(nn.Module):
         self.gru = nn.GRUCell(hidden, deter) if choice("gru", gru, GRUS) == "plain" else LayerNormGRUCell(hidden, deter)
         self.prior_net = mlp(deter, [hidden], self.stats_dim, activation, norm)
         self.post_net = mlp(deter + embed_dim, [hidden], self.stats_dim, activation, norm)
+
+    def compile_steps(self, mode: str) -> None:
+        """Compile `obs_step` and `img_step`, the bodies of every sequential loop (observe, imagine, planning,
+        acting), in place (`cpcrl.device.compiled`; `none` leaves them eager). The loops stay Python: each step is
+        one compiled graph instead of tens of kernel launches, and with `reduce-overhead` one CUDA-graph replay."""
+        self.obs_step = compiled(self.obs_step, mode)  # obs_step's own call of img_step is traced into its graph
+        self.img_step = compiled(self.img_step, mode)
 
     @property
     def feature_dim(self) -> int:
