@@ -67,6 +67,19 @@ def test_sequence_equals_step_by_step(layers):
     assert m.encoder[0].weight.grad.abs().sum() > 0 and m.lstm.weight_hh_l0.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_cell_step_equals_step(layers):
+    """The gates written out (what device.compile compiles) give nn.LSTM's step, resets included."""
+    m = _belief(layers)
+    g = torch.Generator().manual_seed(2)
+    s_step = s_cell = tuple(torch.randn(layers, 5, 8, generator=g) for _ in range(2))
+    for _ in range(6):
+        obs, is_first = torch.randn(5, 3, generator=g), torch.rand(5, generator=g) < 0.3
+        (f_step, s_step), (f_cell, s_cell) = m.step(obs, s_step, is_first), m.cell_step(obs, s_cell, is_first)
+        torch.testing.assert_close(f_cell, f_step, atol=1e-6, rtol=0)
+        torch.testing.assert_close(s_cell, s_step, atol=1e-6, rtol=0)
+
+
 def test_mlp_belief_is_stateless():
     m = MLPBelief(3, 16, 8)
     assert m.initial_state(4) is None
