@@ -17,6 +17,14 @@ from cpcrl.errors import ConfigError
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # none: eager; else torch.compile's mode
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would call, if one is on PATH."""
+    import os
+    import shutil
+
+    return next((c for c in (os.environ.get("CXX"), "g++", "clang++") if c and shutil.which(c)), None)
+
+
 def check_device(cfg) -> None:
     kind = cfg.type
     if kind not in ("auto", "cpu", "cuda"):
@@ -28,6 +36,10 @@ def check_device(cfg) -> None:
                           "install`")
     choice("device.precision", cfg.precision, ("fp32", "bf16"))
     choice("device.compile", cfg.compile, COMPILE_MODES)
+    on_cpu = kind == "cpu" or (kind == "auto" and not torch.cuda.is_available())
+    if cfg.compile != "none" and on_cpu and not cpp_compiler():
+        raise ConfigError(f"device.compile={cfg.compile} on the CPU needs a C++ compiler (inductor builds its kernels "
+                          "with g++ or clang++, or $CXX) and none is on PATH; install one or use device.compile=none")
     optional_positive_int("device.threads", cfg.threads)
 
 

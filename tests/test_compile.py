@@ -7,6 +7,7 @@ import torch
 
 from cpcrl.agents import compose_agent
 from cpcrl.collector import Collector
+from cpcrl.device import cpp_compiler
 from cpcrl.envs.factory import make_gym_env
 from tests.conftest import cpcrl
 
@@ -69,11 +70,17 @@ def assert_same_training(name: str) -> None:
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
 
+# inductor's CPU kernels are C++: where no compiler exists, device.compile is refused (test_device.py) instead
+needs_compiler = pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
+
+
+@needs_compiler
 def test_compiled_dreamer_trains_as_eager():
     assert_same_training("dreamer_v3")
 
 
 @pytest.mark.slow
+@needs_compiler
 @pytest.mark.parametrize("name", ["dreamer_v1", "ppo_lstm", "planet"])
 def test_compiled_agent_trains_as_eager(name):
     assert_same_training(name)

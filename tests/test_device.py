@@ -49,3 +49,13 @@ def test_device_config_errors_name_the_valid_values():
         make_device(OmegaConf.create({**base, "precision": "fp16"}))
     with pytest.raises(ConfigError, match="valid are none, default, reduce-overhead, max-autotune"):
         make_device(OmegaConf.create({**base, "compile": "true"}))
+
+
+def test_compile_without_a_cpp_compiler_is_refused(monkeypatch):
+    base = {"type": "cpu", "threads": 1, "precision": "fp32", "compile": "default", "deterministic": False,
+            "keep_freed_memory": True}
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler .* use device.compile=none"):
+        make_device(OmegaConf.create(base))
+    make_device(OmegaConf.create({**base, "compile": "none"}))  # eager needs none
